@@ -1,0 +1,3 @@
+"""Atlas: the cluster registry for many small services."""
+
+__version__ = "0.1.0"
