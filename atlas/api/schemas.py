@@ -1,0 +1,207 @@
+"""Marshmallow schemas for every request and response body of the v1 API."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from marshmallow import (
+    RAISE,
+    Schema,
+    ValidationError,
+    fields,
+    validate,
+    validates_schema,
+)
+
+from atlas.registry.validation import SERVICE_NAME_RE, normalize_host
+
+TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}$")
+LABEL_KEY_RE = re.compile(
+    r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?(/[A-Za-z0-9_.-]{1,63})?$"
+)
+
+
+class StrictInteger(fields.Integer):
+    """An integer that refuses strings, floats and booleans."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.make_error("invalid")
+        return int(super()._deserialize(value, attr, data, **kwargs))
+
+
+class StrictBoolean(fields.Boolean):
+    """A boolean that refuses "yes", 1 and friends."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
+
+
+class Host(fields.String):
+    """A hostname or an IP address, normalized."""
+
+    default_error_messages = {"host": "Must be a hostname or an IP address."}
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        raw = super()._deserialize(value, attr, data, **kwargs)
+        host = normalize_host(raw)
+        if host is None:
+            raise self.make_error("host")
+        return host
+
+
+def _port(**kwargs: Any) -> StrictInteger:
+    return StrictInteger(validate=validate.Range(1, 65535), **kwargs)
+
+
+class StrictSchema(Schema):
+    """Unknown fields are errors."""
+
+    class Meta:
+        unknown = RAISE
+
+
+class HealthCheckSchema(StrictSchema):
+    """An HTTP health check."""
+
+    path = fields.String(
+        required=True,
+        validate=[validate.Length(1, 1024), validate.Regexp(r"^/[\x21-\x7e]*$")],
+    )
+    interval_s = StrictInteger(load_default=10, validate=validate.Range(1, 3600))
+    timeout_s = StrictInteger(load_default=2, validate=validate.Range(1, 600))
+
+    @validates_schema
+    def _timeout_within_interval(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if data.get("timeout_s", 2) > data.get("interval_s", 10):
+            raise ValidationError("Must not exceed interval_s.", "timeout_s")
+
+
+def _tags() -> fields.List:
+    return fields.List(
+        fields.String(validate=validate.Regexp(TAG_RE)),
+        validate=validate.Length(max=50),
+    )
+
+
+class ServiceCreateSchema(StrictSchema):
+    """Body of POST /v1/services."""
+
+    name = fields.String(required=True, validate=validate.Regexp(SERVICE_NAME_RE))
+    description = fields.String(load_default="", validate=validate.Length(max=1024))
+    owner = fields.String(load_default="", validate=validate.Length(max=256))
+    port = _port(load_default=None, allow_none=True)
+    health_check = fields.Nested(HealthCheckSchema, load_default=None, allow_none=True)
+    tags = _tags()
+
+
+class ServicePatchSchema(StrictSchema):
+    """Body of PATCH /v1/services/{name}: any subset of the mutable fields."""
+
+    description = fields.String(validate=validate.Length(max=1024))
+    owner = fields.String(validate=validate.Length(max=256))
+    port = _port(allow_none=True)
+    health_check = fields.Nested(HealthCheckSchema, allow_none=True)
+    tags = _tags()
+
+
+class ServiceSchema(Schema):
+    """A service as Atlas returns it."""
+
+    name = fields.String()
+    description = fields.String()
+    owner = fields.String()
+    port = fields.Integer(allow_none=True)
+    health_check = fields.Nested(HealthCheckSchema, allow_none=True)
+    tags = fields.List(fields.String())
+    version = fields.Integer()
+    created_at = fields.String()
+    updated_at = fields.String()
+
+
+def _labels() -> fields.Dict:
+    return fields.Dict(
+        keys=fields.String(validate=validate.Regexp(LABEL_KEY_RE)),
+        values=fields.String(validate=validate.Length(max=256)),
+        validate=validate.Length(max=64),
+    )
+
+
+class InstancePutSchema(StrictSchema):
+    """Body of PUT /v1/services/{name}/instances/{host}:{port}."""
+
+    host = Host()
+    port = _port()
+    enabled = StrictBoolean(load_default=True)
+    weight = StrictInteger(load_default=100, validate=validate.Range(0, 256))
+    zone = fields.String(load_default=None, allow_none=True, validate=validate.Length(1, 64))
+    labels = _labels()
+    disabled_reason = fields.String(
+        load_default=None, allow_none=True, validate=validate.Length(max=512)
+    )
+
+
+class InstancePatchSchema(StrictSchema):
+    """Body of PATCH on an instance: any subset of the mutable fields."""
+
+    enabled = StrictBoolean()
+    weight = StrictInteger(validate=validate.Range(0, 256))
+    zone = fields.String(allow_none=True, validate=validate.Length(1, 64))
+    labels = _labels()
+    disabled_reason = fields.String(allow_none=True, validate=validate.Length(max=512))
+
+
+class InstanceSchema(Schema):
+    """An instance as Atlas returns it."""
+
+    service = fields.String()
+    id = fields.String()
+    host = fields.String()
+    port = fields.Integer()
+    enabled = fields.Boolean()
+    weight = fields.Integer()
+    zone = fields.String(allow_none=True)
+    labels = fields.Dict(keys=fields.String(), values=fields.String())
+    disabled_reason = fields.String(allow_none=True)
+    version = fields.Integer()
+    created_at = fields.String()
+    updated_at = fields.String()
+
+
+class HostActionSchema(StrictSchema):
+    """Body (optional) of POST /v1/hosts/{host}/disable|enable."""
+
+    reason = fields.String(validate=validate.Length(max=512))
+
+
+class HostSchema(Schema):
+    """Every instance on one host."""
+
+    host = fields.String()
+    items = fields.List(fields.Nested(InstanceSchema))
+
+
+class PageQuerySchema(StrictSchema):
+    """Query string of a paginated list."""
+
+    limit = fields.Integer(validate=validate.Range(1, 1000))
+    cursor = fields.String(validate=validate.Length(1, 2048))
+
+
+class DeleteQuerySchema(StrictSchema):
+    """Query string of DELETE /v1/services/{name}."""
+
+    cascade = fields.Boolean(load_default=False)
+
+
+class ProblemSchema(Schema):
+    """RFC 9457 problem details: the one error shape of the API."""
+
+    type = fields.String(required=True)
+    title = fields.String(required=True)
+    status = fields.Integer(required=True)
+    detail = fields.String(required=True)
+    errors = fields.Dict(keys=fields.String(), values=fields.List(fields.String()))

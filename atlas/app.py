@@ -1,0 +1,124 @@
+"""The Flask application factory and the Atlas extension that wires its services."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from importlib.resources import files
+from typing import Any
+
+from flask import Flask, Response, jsonify
+
+from atlas import __version__
+from atlas.api import init_api
+from atlas.api.auth import Authenticator, Principal
+from atlas.api.problems import problem_response
+from atlas.config import Settings
+from atlas.errors import AtlasError
+from atlas.metrics import Metrics
+from atlas.registry import Mirror, Registry, build_models
+
+log = logging.getLogger(__name__)
+
+
+class AtlasExtension:
+    """Holds the registry, the authenticator and the mirror of one app (Flask's init_app pattern)."""
+
+    def __init__(self, app: Flask | None = None, **kwargs: Any) -> None:
+        self.settings: Settings
+        self.registry: Registry
+        self.authenticator: Authenticator
+        self.mirror: Mirror | None = None
+        self.metrics = Metrics()
+        self.started = time.time()
+        if app is not None:
+            self.init_app(app, **kwargs)
+
+    def init_app(
+        self,
+        app: Flask,
+        settings: Settings,
+        registry: Registry | None = None,
+        mirror: Mirror | None = None,
+    ) -> None:
+        """Bind to an app: build models and the registry unless they are injected."""
+        self.settings = settings
+        self.mirror = mirror
+        if registry is None:
+            models = build_models(
+                settings.table_prefix,
+                host=settings.dynamodb_endpoint or None,
+                region=settings.aws_region,
+            )
+            registry = Registry(models, mirror=mirror)
+        self.registry = registry
+        self.authenticator = Authenticator(settings)
+        app.extensions["atlas"] = self
+        self.metrics.init_app(app)
+
+    def info(self, principal: Principal | None = None) -> dict[str, Any]:
+        """The body of GET /v1/info."""
+        return {
+            "realm": self.settings.realm,
+            "version": __version__,
+            "auth": "disabled (local realm)" if self.settings.auth_disabled else "bearer",
+            "uptime_s": round(time.time() - self.started, 3),
+            "mirror": self.registry.mirror.status(),
+            "caller": {"kind": principal.kind, "token_id": principal.token_id}
+            if principal
+            else None,
+        }
+
+    def readiness(self) -> tuple[dict[str, Any], int]:
+        """The body and status of GET /readyz: DynamoDB must answer; mirror lag is reported."""
+        checks: dict[str, Any] = {}
+        ok = True
+        try:
+            self.registry.check_store()
+            checks["dynamodb"] = {"ok": True}
+        except AtlasError as exc:
+            ok = False
+            checks["dynamodb"] = {"ok": False, "detail": exc.detail}
+        checks["mirror"] = self.registry.mirror.status()
+        return {"status": "ready" if ok else "unavailable", "checks": checks}, 200 if ok else 503
+
+
+def create_app(
+    config: Mapping[str, Any] | None = None,
+    settings: Settings | None = None,
+    registry: Registry | None = None,
+    mirror: Mirror | None = None,
+) -> Flask:
+    """Create the Atlas WSGI app; `config` overrides Flask config, `settings` the ATLAS_* ones."""
+    settings = settings or Settings.from_env()
+    app = Flask("atlas")
+    app.config.update(
+        MAX_CONTENT_LENGTH=settings.max_body_bytes,
+        JSON_SORT_KEYS=False,
+        PROPAGATE_EXCEPTIONS=False,
+    )
+    if config:
+        app.config.update(config)
+    logging.getLogger("atlas").setLevel(settings.log_level.upper())
+
+    AtlasExtension(app, settings=settings, registry=registry, mirror=mirror)
+    init_api(app)
+
+    app.register_error_handler(Exception, problem_response)
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return jsonify({"status": "ok"})
+
+    @app.get("/readyz")
+    def readyz() -> tuple[Response, int]:
+        body, status = app.extensions["atlas"].readiness()
+        return jsonify(body), status
+
+    @app.get("/openapi.yaml")
+    def openapi() -> Response:
+        text = files("atlas").joinpath("openapi.yaml").read_text()
+        return Response(text, mimetype="application/yaml")
+
+    return app

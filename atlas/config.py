@@ -1,0 +1,140 @@
+"""Atlas settings: documented defaults, overridden by ATLAS_* environment variables, validated once."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+REALM_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+
+
+class ConfigError(ValueError):
+    """A setting has a bad value; start-up must stop with this message."""
+
+
+def _parse_bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise ConfigError(f"{name}: expected a boolean (true/false), got {raw!r}")
+
+
+def _parse_int(name: str, raw: str, lo: int, hi: int) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name}: expected an integer, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name}: must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def _parse_float(name: str, raw: str, lo: float, hi: float) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name}: expected a number, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name}: must be between {lo} and {hi}, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of an Atlas process. Field metadata documents the ATLAS_* variable."""
+
+    realm: str = field(default="local", metadata={"env": "ATLAS_REALM"})
+    table_prefix: str = field(default="", metadata={"env": "ATLAS_TABLE_PREFIX"})
+    dynamodb_endpoint: str = field(default="", metadata={"env": "ATLAS_DYNAMODB_ENDPOINT"})
+    aws_region: str = field(default="us-east-1", metadata={"env": "ATLAS_AWS_REGION"})
+    admin_tokens: tuple[str, ...] = field(default=(), metadata={"env": "ATLAS_ADMIN_TOKENS"})
+    auth_disabled: bool = field(default=False, metadata={"env": "ATLAS_AUTH_DISABLED"})
+    zk_hosts: str = field(default="", metadata={"env": "ATLAS_ZK_HOSTS"})
+    zk_timeout_s: float = field(default=10.0, metadata={"env": "ATLAS_ZK_TIMEOUT_S"})
+    reconcile_interval_s: float = field(
+        default=60.0, metadata={"env": "ATLAS_RECONCILE_INTERVAL_S"}
+    )
+    max_body_bytes: int = field(default=1024 * 1024, metadata={"env": "ATLAS_MAX_BODY_BYTES"})
+    page_limit_default: int = field(default=100, metadata={"env": "ATLAS_PAGE_LIMIT_DEFAULT"})
+    page_limit_max: int = field(default=1000, metadata={"env": "ATLAS_PAGE_LIMIT_MAX"})
+    log_level: str = field(default="INFO", metadata={"env": "ATLAS_LOG_LEVEL"})
+
+    def __post_init__(self) -> None:
+        if not REALM_RE.match(self.realm):
+            raise ConfigError(
+                f"ATLAS_REALM: must match {REALM_RE.pattern} (it names tables and znodes), "
+                f"got {self.realm!r}"
+            )
+        if not self.table_prefix:
+            object.__setattr__(self, "table_prefix", f"atlas-{self.realm}-")
+        if not re.match(r"^[A-Za-z0-9_.-]{1,200}$", self.table_prefix):
+            raise ConfigError(
+                f"ATLAS_TABLE_PREFIX: invalid table name prefix {self.table_prefix!r}"
+            )
+        if self.auth_disabled and self.realm != "local":
+            raise ConfigError(
+                "ATLAS_AUTH_DISABLED: auth may be switched off only in the 'local' realm, "
+                f"not in {self.realm!r}"
+            )
+        if not self.auth_disabled and not self.admin_tokens:
+            raise ConfigError(
+                "ATLAS_ADMIN_TOKENS: at least one admin token is required "
+                "(or ATLAS_AUTH_DISABLED=true in the local realm)"
+            )
+        for token in self.admin_tokens:
+            if len(token) < 16:
+                raise ConfigError("ATLAS_ADMIN_TOKENS: every token must be at least 16 characters")
+        if self.dynamodb_endpoint and not re.match(r"^https?://", self.dynamodb_endpoint):
+            raise ConfigError(
+                f"ATLAS_DYNAMODB_ENDPOINT: expected an http(s) URL, got {self.dynamodb_endpoint!r}"
+            )
+        if self.page_limit_default > self.page_limit_max:
+            raise ConfigError("ATLAS_PAGE_LIMIT_DEFAULT: must not exceed ATLAS_PAGE_LIMIT_MAX")
+        if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ConfigError(
+                f"ATLAS_LOG_LEVEL: expected DEBUG/INFO/WARNING/ERROR, got {self.log_level!r}"
+            )
+
+    @property
+    def zk_root(self) -> str:
+        """The realm's ZooKeeper root, `/atlas/<realm>`."""
+        return f"/atlas/{self.realm}"
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        """Return a copy with some fields changed (validated again)."""
+        return replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ATLAS_* variables over the defaults; raise ConfigError on bad values."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = f.metadata["env"]
+            if name not in env:
+                continue
+            raw = env[name]
+            if f.type in ("bool", bool):
+                values[f.name] = _parse_bool(name, raw)
+            elif f.name == "admin_tokens":
+                values[f.name] = tuple(t.strip() for t in raw.split(",") if t.strip())
+            elif f.name in {"max_body_bytes"}:
+                values[f.name] = _parse_int(name, raw, 1024, 64 * 1024 * 1024)
+            elif f.name in {"page_limit_default", "page_limit_max"}:
+                values[f.name] = _parse_int(name, raw, 1, 10_000)
+            elif f.name in {"zk_timeout_s", "reconcile_interval_s"}:
+                values[f.name] = _parse_float(name, raw, 0.1, 86_400.0)
+            else:
+                values[f.name] = raw.strip()
+        values.update(overrides)
+        return cls(**values)
+
+    @classmethod
+    def documented(cls) -> list[tuple[str, str]]:
+        """(variable, default) pairs, for the README and `atlas config`."""
+        return [(f.metadata["env"], repr(f.default)) for f in fields(cls)]

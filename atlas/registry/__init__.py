@@ -1,0 +1,19 @@
+"""The registry: Atlas's domain logic over DynamoDB, free of Flask."""
+
+from atlas.registry.mirror import Mirror, NullMirror
+from atlas.registry.models import Models, build_models
+from atlas.registry.records import HealthCheck, Instance, Page, Service, instance_id
+from atlas.registry.service import Registry
+
+__all__ = [
+    "HealthCheck",
+    "Instance",
+    "Mirror",
+    "Models",
+    "NullMirror",
+    "Page",
+    "Registry",
+    "Service",
+    "build_models",
+    "instance_id",
+]

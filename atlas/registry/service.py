@@ -1,0 +1,501 @@
+"""Registry operations: every write goes to DynamoDB first (conditional), then to the mirror."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from pynamodb.exceptions import PynamoDBException, TransactWriteError
+from pynamodb.transactions import TransactWrite
+
+from atlas.errors import Conflict, NotFound, PreconditionFailed, Unavailable, ValidationFailed
+from atlas.registry.mirror import Mirror, NullMirror
+from atlas.registry.models import Models
+from atlas.registry.records import HealthCheck, Instance, Page, Service, instance_id
+
+log = logging.getLogger(__name__)
+
+MAX_RACE_RETRIES = 5
+SERVICE_FIELDS = ("description", "owner", "port", "health_check", "tags")
+INSTANCE_FIELDS = ("enabled", "weight", "zone", "labels", "disabled_reason")
+
+
+def utcnow() -> datetime:
+    """The current time in UTC (the default clock)."""
+    return datetime.now(UTC)
+
+
+def _iso(dt: datetime) -> str:
+    return dt.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _conditional(exc: PynamoDBException) -> bool:
+    return getattr(exc, "cause_response_code", None) == "ConditionalCheckFailedException"
+
+
+@contextmanager
+def _store(action: str) -> Iterator[None]:
+    """Turn DynamoDB failures that are not ours to explain into 503s."""
+    try:
+        yield
+    except PynamoDBException as exc:
+        log.warning("dynamodb error while %s: %s", action, exc.__class__.__name__)
+        raise Unavailable(
+            f"DynamoDB did not complete {action}; retry the request (it is safe to repeat)"
+        ) from exc
+
+
+def encode_cursor(key: Mapping[str, Any]) -> str:
+    """Encode a DynamoDB key as an opaque pagination cursor."""
+    raw = json.dumps(key, separators=(",", ":"), sort_keys=True).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, key_names: tuple[str, ...]) -> dict[str, Any]:
+    """Decode a cursor made by encode_cursor for a table with these key attributes."""
+    bad = ValidationFailed("invalid pagination cursor", {"cursor": ["Not a cursor Atlas issued."]})
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        key = json.loads(base64.urlsafe_b64decode(padded.encode()))
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise bad from None
+    if not isinstance(key, dict) or set(key) != set(key_names):
+        raise bad
+    for value in key.values():
+        if not (isinstance(value, dict) and set(value) == {"S"} and isinstance(value["S"], str)):
+            raise bad
+    return key
+
+
+class Registry:
+    """Services, instances and hosts of one realm."""
+
+    def __init__(
+        self,
+        models: Models,
+        mirror: Mirror | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.models = models
+        self.mirror: Mirror = mirror or NullMirror()
+        self.clock = clock
+
+    # ----------------------------------------------------------------- records
+
+    @staticmethod
+    def service_record(m: Any) -> Service:
+        """Convert a service model to a record."""
+        hc = m.health_check
+        return Service(
+            name=m.name,
+            description=m.description or "",
+            owner=m.owner or "",
+            port=int(m.port) if m.port is not None else None,
+            health_check=HealthCheck(hc.path, int(hc.interval_s), int(hc.timeout_s))
+            if hc
+            else None,
+            tags=tuple(m.tags or ()),
+            version=int(m.version),
+            created_at=m.created_at,
+            updated_at=m.updated_at,
+            config_version=int(m.config_version or 0),
+            deleting=bool(m.deleting),
+        )
+
+    @staticmethod
+    def instance_record(m: Any) -> Instance:
+        """Convert an instance model to a record."""
+        labels = m.labels.as_dict() if hasattr(m.labels, "as_dict") else dict(m.labels or {})
+        return Instance(
+            service=m.service,
+            host=m.host,
+            port=int(m.port),
+            enabled=bool(m.enabled),
+            weight=int(m.weight),
+            zone=m.zone,
+            labels={str(k): str(v) for k, v in labels.items()},
+            disabled_reason=m.disabled_reason,
+            version=int(m.version),
+            created_at=m.created_at,
+            updated_at=m.updated_at,
+        )
+
+    def _now(self) -> str:
+        return _iso(self.clock())
+
+    def _mirror(self, action: str, fn: Callable[..., None], *args: Any) -> None:
+        # DynamoDB already has the write; a mirror failure is repaired by the reconciler.
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("mirror %s failed; the reconciler will repair it", action)
+
+    # ---------------------------------------------------------------- services
+
+    def _load_service(self, name: str) -> Any:
+        with _store("reading a service"):
+            try:
+                return self.models.Service.get(name, consistent_read=True)
+            except self.models.Service.DoesNotExist:
+                raise NotFound(f"service {name!r} does not exist") from None
+
+    def get_service(self, name: str) -> Service:
+        """Return one service or raise NotFound."""
+        return self.service_record(self._load_service(name))
+
+    def create_service(self, data: Mapping[str, Any]) -> Service:
+        """Create a service; 409 if the name is taken."""
+        now = self._now()
+        m = self.models.Service(
+            data["name"],
+            description=data.get("description") or "",
+            owner=data.get("owner") or "",
+            port=data.get("port"),
+            tags=list(data.get("tags") or []),
+            deleting=False,
+            config_version=0,
+            created_at=now,
+            updated_at=now,
+        )
+        self._set_health_check(m, data.get("health_check"))
+        with _store("creating the service"):
+            try:
+                m.save()
+            except PynamoDBException as exc:
+                if _conditional(exc):
+                    raise Conflict(
+                        f"service {data['name']!r} already exists", {"name": ["Already exists."]}
+                    ) from None
+                raise
+        record = self.service_record(m)
+        self._mirror("put_service", self.mirror.put_service, record)
+        return record
+
+    @staticmethod
+    def _set_health_check(m: Any, hc: Mapping[str, Any] | None) -> None:
+        if hc is None:
+            m.health_check = None
+            return
+        attr = type(m).health_check.__class__
+        m.health_check = attr(
+            path=hc["path"], interval_s=hc.get("interval_s", 10), timeout_s=hc.get("timeout_s", 2)
+        )
+
+    def list_services(self, limit: int, cursor: str | None = None) -> Page:
+        """One page of services, in table order."""
+        start = decode_cursor(cursor, ("name",)) if cursor else None
+        with _store("listing services"):
+            items = list(
+                self.models.Service.scan(
+                    limit=limit + 1, page_size=limit + 1, last_evaluated_key=start
+                )
+            )
+        next_cursor = None
+        if len(items) > limit:
+            items = items[:limit]
+            next_cursor = encode_cursor({"name": {"S": items[-1].name}})
+        return Page([self.service_record(m) for m in items], next_cursor)
+
+    def update_service(
+        self, name: str, changes: Mapping[str, Any], if_match: int | None = None
+    ) -> Service:
+        """Apply a partial update; 412 if If-Match does not hold, 409 if deleting."""
+        for _ in range(MAX_RACE_RETRIES):
+            m = self._load_service(name)
+            if if_match is not None and int(m.version) != if_match:
+                raise PreconditionFailed(
+                    f"service {name!r} is at version {m.version}, not {if_match}"
+                )
+            if m.deleting:
+                raise Conflict(f"service {name!r} is being deleted")
+            for key in SERVICE_FIELDS:
+                if key not in changes:
+                    continue
+                if key == "health_check":
+                    self._set_health_check(m, changes[key])
+                elif key == "tags":
+                    m.tags = list(changes[key] or [])
+                elif key in ("description", "owner"):
+                    setattr(m, key, changes[key] or "")
+                else:
+                    setattr(m, key, changes[key])
+            m.updated_at = self._now()
+            with _store("updating the service"):
+                try:
+                    m.save()
+                except PynamoDBException as exc:
+                    if not _conditional(exc):
+                        raise
+                    if if_match is not None:
+                        raise PreconditionFailed(f"service {name!r} changed concurrently") from None
+                    continue
+            record = self.service_record(m)
+            self._mirror("put_service", self.mirror.put_service, record)
+            return record
+        raise Conflict(f"service {name!r} kept changing; retry")
+
+    def _set_deleting(self, name: str, value: bool, version: int | None) -> None:
+        svc = self.models.Service
+        # A raw update: marking a deletion must not bump the version clients hold in ETags.
+        condition = svc.name.exists()
+        if version is not None:
+            condition &= svc.version == version
+        with _store("marking the service"):
+            try:
+                svc._get_connection().update_item(
+                    name, actions=[svc.deleting.set(value)], condition=condition
+                )
+            except PynamoDBException as exc:
+                if _conditional(exc):
+                    raise PreconditionFailed(f"service {name!r} changed concurrently") from None
+                raise
+
+    def has_children(self, name: str) -> bool:
+        """True while the service has instances (config joins in a later issue)."""
+        with _store("checking the service's instances"):
+            return (
+                next(iter(self.models.Instance.query(name, limit=1, page_size=1)), None) is not None
+            )
+
+    def delete_service(self, name: str, cascade: bool = False, if_match: int | None = None) -> None:
+        """Delete a service; 409 while it has instances unless cascade."""
+        m = self._load_service(name)
+        if if_match is not None and int(m.version) != if_match:
+            raise PreconditionFailed(f"service {name!r} is at version {m.version}, not {if_match}")
+        # Mark first, so that no instance can attach between the check and the delete.
+        self._set_deleting(name, True, int(m.version) if if_match is not None else None)
+        if self.has_children(name) and not cascade:
+            self._set_deleting(name, False, None)
+            raise Conflict(
+                f"service {name!r} still has instances; detach them or use ?cascade=true"
+            )
+        with _store("deleting the service's instances"):
+            for inst in self.models.Instance.query(name, consistent_read=True):
+                inst.delete(add_version_condition=False)
+        with _store("deleting the service"):
+            self.models.Service(name).delete(add_version_condition=False)
+        self._mirror("delete_service", self.mirror.delete_service, name)
+
+    # --------------------------------------------------------------- instances
+
+    def _get_instance_model(self, service: str, iid: str) -> Any | None:
+        with _store("reading an instance"):
+            try:
+                return self.models.Instance.get(service, iid, consistent_read=True)
+            except self.models.Instance.DoesNotExist:
+                return None
+
+    def get_instance(self, service: str, host: str, port: int) -> Instance:
+        """Return one instance or raise NotFound."""
+        m = self._get_instance_model(service, instance_id(host, port))
+        if m is None:
+            self._load_service(service)
+            raise NotFound(f"instance {instance_id(host, port)} of {service!r} does not exist")
+        return self.instance_record(m)
+
+    def put_instance(
+        self,
+        service: str,
+        host: str,
+        port: int,
+        data: Mapping[str, Any],
+        if_match: int | None = None,
+        if_none_match: bool = False,
+    ) -> tuple[Instance, bool]:
+        """Attach or replace an instance; returns (record, created)."""
+        iid = instance_id(host, port)
+        svc = self.models.Service
+        for _ in range(MAX_RACE_RETRIES):
+            existing = self._get_instance_model(service, iid)
+            if existing is not None and if_none_match:
+                raise PreconditionFailed(f"instance {iid} already exists")
+            if if_match is not None and (existing is None or int(existing.version) != if_match):
+                raise PreconditionFailed(f"instance {iid} is not at version {if_match}")
+            now = self._now()
+            enabled = bool(data.get("enabled", True))
+            m = self.models.Instance(
+                service,
+                iid,
+                host=host,
+                port=port,
+                enabled=enabled,
+                weight=data.get("weight", 100),
+                zone=data.get("zone"),
+                labels=dict(data.get("labels") or {}),
+                disabled_reason=None if enabled else data.get("disabled_reason"),
+                created_at=existing.created_at if existing is not None else now,
+                updated_at=now,
+            )
+            if existing is not None:
+                m.version = existing.version
+            try:
+                with (
+                    _store("attaching the instance"),
+                    TransactWrite(connection=svc._get_connection().connection) as tx,
+                ):
+                    tx.condition_check(
+                        svc,
+                        service,
+                        condition=svc.name.exists() & (svc.deleting == False),  # noqa: E712
+                    )
+                    tx.save(m)
+            except Unavailable as exc:
+                reasons = _cancellation_codes(exc.__cause__)
+                if reasons is None:
+                    raise
+                if reasons[0] == "ConditionalCheckFailed":
+                    current = self._load_service(service)  # raises NotFound if gone
+                    if current.deleting:
+                        raise Conflict(f"service {service!r} is being deleted") from None
+                    continue
+                if len(reasons) > 1 and reasons[1] == "ConditionalCheckFailed":
+                    if if_match is not None or if_none_match:
+                        raise PreconditionFailed(f"instance {iid} changed concurrently") from None
+                    continue
+                raise
+            record = self.instance_record(m)
+            self._mirror("put_instances", self.mirror.put_instances, [record])
+            return record, existing is None
+        raise Conflict(f"instance {iid} kept changing; retry")
+
+    def list_instances(self, service: str, limit: int, cursor: str | None = None) -> Page:
+        """One page of a service's instances, ordered by id."""
+        self._load_service(service)
+        start = decode_cursor(cursor, ("service", "instance_id")) if cursor else None
+        with _store("listing instances"):
+            items = list(
+                self.models.Instance.query(
+                    service, limit=limit + 1, page_size=limit + 1, last_evaluated_key=start
+                )
+            )
+        next_cursor = None
+        if len(items) > limit:
+            items = items[:limit]
+            next_cursor = encode_cursor(
+                {"service": {"S": service}, "instance_id": {"S": items[-1].instance_id}}
+            )
+        return Page([self.instance_record(m) for m in items], next_cursor)
+
+    def all_instances(self, service: str) -> list[Instance]:
+        """Every instance of a service (for the mirror)."""
+        with _store("listing instances"):
+            return [
+                self.instance_record(m)
+                for m in self.models.Instance.query(service, consistent_read=True)
+            ]
+
+    def _modify_instance(
+        self,
+        service: str,
+        iid: str,
+        changes: Mapping[str, Any],
+        if_match: int | None = None,
+    ) -> Instance:
+        for _ in range(MAX_RACE_RETRIES):
+            m = self._get_instance_model(service, iid)
+            if m is None:
+                self._load_service(service)
+                raise NotFound(f"instance {iid} of {service!r} does not exist")
+            if if_match is not None and int(m.version) != if_match:
+                raise PreconditionFailed(
+                    f"instance {iid} is at version {m.version}, not {if_match}"
+                )
+            for key in INSTANCE_FIELDS:
+                if key in changes:
+                    setattr(m, key, dict(changes[key] or {}) if key == "labels" else changes[key])
+            if m.enabled:
+                m.disabled_reason = None
+            m.updated_at = self._now()
+            with _store("updating the instance"):
+                try:
+                    m.save(condition=self.models.Instance.service.exists())
+                except PynamoDBException as exc:
+                    if not _conditional(exc):
+                        raise
+                    if if_match is not None:
+                        raise PreconditionFailed(f"instance {iid} changed concurrently") from None
+                    continue
+            record = self.instance_record(m)
+            self._mirror("put_instances", self.mirror.put_instances, [record])
+            return record
+        raise Conflict(f"instance {iid} kept changing; retry")
+
+    def update_instance(
+        self,
+        service: str,
+        host: str,
+        port: int,
+        changes: Mapping[str, Any],
+        if_match: int | None = None,
+    ) -> Instance:
+        """Partially update an instance (enable/disable, weight, zone, labels)."""
+        return self._modify_instance(service, instance_id(host, port), changes, if_match)
+
+    def delete_instance(
+        self, service: str, host: str, port: int, if_match: int | None = None
+    ) -> None:
+        """Detach an instance."""
+        iid = instance_id(host, port)
+        m = self._get_instance_model(service, iid)
+        if m is None:
+            self._load_service(service)
+            raise NotFound(f"instance {iid} of {service!r} does not exist")
+        if if_match is not None and int(m.version) != if_match:
+            raise PreconditionFailed(f"instance {iid} is at version {m.version}, not {if_match}")
+        with _store("detaching the instance"):
+            try:
+                m.delete(add_version_condition=if_match is not None)
+            except PynamoDBException as exc:
+                if _conditional(exc):
+                    raise PreconditionFailed(f"instance {iid} changed concurrently") from None
+                raise
+        self._mirror(
+            "delete_instance", self.mirror.delete_instance, service, iid, int(m.version) + 1
+        )
+
+    # ------------------------------------------------------------------- hosts
+
+    def host_instances(self, host: str) -> list[Instance]:
+        """Every instance on a host, across services."""
+        with _store("listing the host's instances"):
+            return [self.instance_record(m) for m in self.models.Instance.by_host.query(host)]
+
+    def set_host_enabled(
+        self, host: str, enabled: bool, reason: str | None = None
+    ) -> list[Instance]:
+        """Enable or disable every instance on a host; returns them as stored."""
+        changes: dict[str, Any] = {"enabled": enabled}
+        if not enabled:
+            changes["disabled_reason"] = reason or "host disabled"
+        out = []
+        for inst in self.host_instances(host):
+            if inst.enabled == enabled and (enabled or inst.disabled_reason):
+                out.append(inst)
+                continue
+            try:
+                out.append(self._modify_instance(inst.service, inst.id, changes))
+            except NotFound:
+                continue  # detached meanwhile
+        return out
+
+    # ------------------------------------------------------------------ health
+
+    def check_store(self) -> None:
+        """Raise Unavailable unless every table answers."""
+        with _store("the readiness check"):
+            for model in (self.models.Service, self.models.Instance):
+                model.describe_table()
+
+
+def _cancellation_codes(exc: BaseException | None) -> list[str | None] | None:
+    if not isinstance(exc, TransactWriteError):
+        return None
+    if exc.cause_response_code != "TransactionCanceledException":
+        return None
+    return [r.code if r is not None else None for r in exc.cancellation_reasons]
