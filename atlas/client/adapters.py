@@ -1,0 +1,215 @@
+"""Transport adapters: ``service://`` through the local sidecar, request ids on plain http(s)."""
+
+from __future__ import annotations
+
+import os
+import re
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from requests.adapters import HTTPAdapter
+from requests.models import PreparedRequest, Response
+from urllib3.util.retry import Retry
+
+from atlas.client.errors import InvalidServiceName, InvalidServiceURL
+from atlas.client.request_id import DEFAULT_HEADER as DEFAULT_REQUEST_ID_HEADER
+from atlas.client.request_id import outgoing_request_id
+from atlas.client.retry import IDEMPOTENT_METHODS, NO_RETRY, AtlasRetry, as_retry
+
+SERVICE_SCHEME = "service://"
+SERVICE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+DEFAULT_SIDECAR_URL = "http://127.0.0.1:4000"
+DEFAULT_SERVICE_HEADER = "Atlas-Service"
+IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
+#: (connect, read) seconds for service:// calls when the caller gives none.
+DEFAULT_TIMEOUT: tuple[float, float] = (2.0, 30.0)
+
+TimeoutArg = float | tuple[float | None, float | None] | None
+
+
+@dataclass(frozen=True)
+class CallOptions:
+    """Per-call retry options given to ``Session.request`` (``retries=``, ``idempotent=``)."""
+
+    retries: Retry | int | bool | None = None
+    idempotent: bool | None = None
+
+
+# Set by Session.request around one call (redirects included); read by ServiceAdapter.send.
+call_options: ContextVar[CallOptions | None] = ContextVar("atlas_call_options", default=None)
+# The Retry one ServiceAdapter.send chose for the request it is sending (see max_retries).
+_sending: ContextVar[tuple[ServiceAdapter, Retry] | None] = ContextVar(
+    "atlas_sending_retry", default=None
+)
+
+
+def is_service_url(url: str | bytes | None) -> bool:
+    """Return True for a ``service://`` URL."""
+    if isinstance(url, bytes):
+        url = url.decode("utf-8", "replace")
+    return isinstance(url, str) and url.lstrip()[: len(SERVICE_SCHEME)].lower() == SERVICE_SCHEME
+
+
+def parse_service_url(url: str | bytes) -> tuple[str, str]:
+    """Split ``service://name/path?query`` into (name, "/path?query"); raise on a bad name."""
+    if isinstance(url, bytes):
+        url = url.decode("utf-8")
+    url = url.strip()
+    if not is_service_url(url):
+        raise InvalidServiceURL(f"not a service:// URL: {url!r}")
+    parts = urlsplit(url)
+    if "@" in parts.netloc:
+        raise InvalidServiceURL(f"service URLs take no credentials: {url!r}")
+    if ":" in parts.netloc:
+        raise InvalidServiceURL(f"service URLs take no port (the sidecar routes by name): {url!r}")
+    name = parts.netloc
+    if not SERVICE_NAME.match(name):
+        raise InvalidServiceName(
+            f"invalid service name {name!r} in {url!r}: "
+            f"a service name is a DNS label matching {SERVICE_NAME.pattern}"
+        )
+    target = parts.path or "/"
+    if parts.query:
+        target += "?" + parts.query
+    return name, target
+
+
+class RequestIdAdapter(HTTPAdapter):
+    """requests' HTTPAdapter that also sets the request id header when the caller did not."""
+
+    __attrs__ = [*HTTPAdapter.__attrs__, "request_id_header"]
+
+    def __init__(self, request_id_header: str = DEFAULT_REQUEST_ID_HEADER, **kwargs: Any) -> None:
+        self.request_id_header = request_id_header
+        super().__init__(**kwargs)
+
+    def stamp(self, request: PreparedRequest) -> None:
+        """Give ``request`` a request id header (the bound id, or a new one) unless it has one."""
+        if self.request_id_header and self.request_id_header not in request.headers:
+            request.headers[self.request_id_header] = outgoing_request_id()
+
+    def add_headers(self, request: PreparedRequest, **kwargs: Any) -> None:
+        """requests' hook for adapter-specific headers: the request id."""
+        self.stamp(request)
+
+
+class ServiceAdapter(RequestIdAdapter):
+    """Sends ``service://name/path`` to the local sidecar with the service name in a header.
+
+    Mounted on ``service://``. Idempotent methods are retried with an
+    ``AtlasRetry``; POST/PATCH only when the call opts in (``idempotent=True``
+    or an ``Idempotency-Key`` header). Calls without a timeout get ``timeout``.
+    """
+
+    __attrs__ = [
+        *RequestIdAdapter.__attrs__,
+        "sidecar_url",
+        "service_header",
+        "timeout",
+    ]
+
+    def __init__(
+        self,
+        sidecar_url: str | None = None,
+        *,
+        service_header: str | None = None,
+        request_id_header: str = DEFAULT_REQUEST_ID_HEADER,
+        retries: Retry | int | None = None,
+        timeout: TimeoutArg = DEFAULT_TIMEOUT,
+        pool_connections: int = 10,
+        pool_maxsize: int = 32,
+        pool_block: bool = False,
+    ) -> None:
+        url = sidecar_url or os.environ.get("ATLAS_SIDECAR_URL") or DEFAULT_SIDECAR_URL
+        if urlsplit(url).scheme not in ("http", "https"):
+            raise ValueError(f"sidecar URL must be http(s)://host:port, got {url!r}")
+        self.sidecar_url = url.rstrip("/")
+        self.service_header = (
+            service_header or os.environ.get("ATLAS_SERVICE_HEADER") or DEFAULT_SERVICE_HEADER
+        )
+        self.timeout = timeout
+        if retries is None:
+            retry: Retry = AtlasRetry()
+        elif isinstance(retries, Retry):
+            retry = retries
+        else:
+            retry = AtlasRetry(retries)
+        super().__init__(
+            request_id_header,
+            pool_connections=pool_connections,
+            pool_maxsize=pool_maxsize,
+            max_retries=retry,
+            pool_block=pool_block,
+        )
+
+    # HTTPAdapter.send reads self.max_retries; a property lets each call (and
+    # each thread) get its own Retry without copying requests' send().
+    @property
+    def max_retries(self) -> Retry:
+        """The Retry for the request being sent on this thread, else the adapter default."""
+        sending = _sending.get()
+        if sending is not None and sending[0] is self:
+            return sending[1]
+        return self.default_retry
+
+    @max_retries.setter
+    def max_retries(self, value: Retry | int | None) -> None:
+        self.default_retry = Retry.from_int(value)
+
+    def retry_for(self, request: PreparedRequest) -> Retry:
+        """The Retry for one request: per-call options, method idempotency, opt-ins."""
+        options = call_options.get() or CallOptions()
+        method = (request.method or "GET").upper()
+        if options.idempotent is False:
+            return NO_RETRY
+        opted_in = bool(options.idempotent) or IDEMPOTENCY_KEY_HEADER in request.headers
+        if method not in IDEMPOTENT_METHODS and not opted_in:
+            return NO_RETRY
+        retry = as_retry(options.retries, self.default_retry)
+        if retry is NO_RETRY:
+            return retry
+        if opted_in:
+            if isinstance(retry, AtlasRetry):
+                retry = retry.allowing(method)
+            elif retry.allowed_methods is not None and method not in retry.allowed_methods:
+                retry = retry.new(allowed_methods=frozenset(retry.allowed_methods) | {method})
+        if isinstance(retry, AtlasRetry):
+            retry = retry.start()
+        return retry
+
+    def send(
+        self,
+        request: PreparedRequest,
+        stream: bool = False,
+        timeout: Any = None,
+        verify: bool | str = True,
+        cert: Any = None,
+        proxies: Any = None,
+    ) -> Response:
+        """Resolve the service:// URL to the sidecar and send it (retrying as allowed)."""
+        assert request.url is not None
+        service, target = parse_service_url(request.url)
+        self.stamp(request)
+        outgoing = request.copy()
+        outgoing.url = self.sidecar_url + target
+        outgoing.headers[self.service_header] = service
+        effective_timeout: Any = self.timeout if timeout is None else timeout
+        token = _sending.set((self, self.retry_for(request)))
+        try:
+            # proxies=None: the sidecar is on loopback and must never be proxied.
+            response = super().send(
+                outgoing,
+                stream=stream,
+                timeout=effective_timeout,
+                verify=verify,
+                cert=cert,
+                proxies=None,
+            )
+        finally:
+            _sending.reset(token)
+        # The caller sees its own URL: relative redirects and cookies stay per service.
+        response.url = request.url if isinstance(request.url, str) else str(request.url)
+        response.request = request
+        return response

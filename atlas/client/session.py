@@ -1,0 +1,183 @@
+"""``Session``: a requests.Session with ``service://`` mounted, plus requests-style functions."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Union
+
+import requests
+from requests.models import PreparedRequest, Request, Response
+from urllib3.util.retry import Retry
+
+from atlas.client.adapters import (
+    DEFAULT_TIMEOUT,
+    SERVICE_SCHEME,
+    CallOptions,
+    RequestIdAdapter,
+    ServiceAdapter,
+    TimeoutArg,
+    call_options,
+    is_service_url,
+    parse_service_url,
+)
+from atlas.client.parallel import DEFAULT_CONCURRENCY, gather
+from atlas.client.request_id import DEFAULT_HEADER as DEFAULT_REQUEST_ID_HEADER
+
+#: One entry of ``Session.map``: a Request, (method, url) or (method, url, kwargs).
+Call = Union[Request, tuple[str, str], tuple[str, str, Mapping[str, Any]]]  # noqa: UP007
+
+
+class Session(requests.Session):
+    """A requests.Session that also speaks ``service://name/path`` through the local sidecar.
+
+    Plain http(s) URLs behave as in requests (plus a request id header).
+    ``request()`` and the verb methods also accept ``retries=`` (a Retry, an
+    int, or False) and ``idempotent=`` (True lets POST/PATCH be retried, False
+    turns retries off) for service:// calls.
+    """
+
+    __attrs__ = [*requests.Session.__attrs__, "concurrency"]
+
+    def __init__(
+        self,
+        *,
+        sidecar_url: str | None = None,
+        service_header: str | None = None,
+        request_id_header: str | None = None,
+        retries: Retry | int | None = None,
+        timeout: TimeoutArg = DEFAULT_TIMEOUT,
+        pool_maxsize: int = 32,
+        concurrency: int = DEFAULT_CONCURRENCY,
+    ) -> None:
+        super().__init__()
+        header = (
+            request_id_header
+            or os.environ.get("ATLAS_REQUEST_ID_HEADER")
+            or DEFAULT_REQUEST_ID_HEADER
+        )
+        self.concurrency = concurrency
+        self.mount("https://", RequestIdAdapter(header))
+        self.mount("http://", RequestIdAdapter(header))
+        self.mount(
+            SERVICE_SCHEME,
+            ServiceAdapter(
+                sidecar_url,
+                service_header=service_header,
+                request_id_header=header,
+                retries=retries,
+                timeout=timeout,
+                pool_maxsize=pool_maxsize,
+            ),
+        )
+
+    @property
+    def service_adapter(self) -> ServiceAdapter:
+        """The adapter mounted on ``service://``."""
+        adapter = self.get_adapter(SERVICE_SCHEME)
+        assert isinstance(adapter, ServiceAdapter)
+        return adapter
+
+    def request(
+        self,
+        method: str | bytes,
+        url: str | bytes,
+        *args: Any,
+        retries: Retry | int | bool | None = None,
+        idempotent: bool | None = None,
+        **kwargs: Any,
+    ) -> Response:
+        """Like requests.Session.request, plus per-call ``retries=`` and ``idempotent=``."""
+        token = call_options.set(CallOptions(retries, idempotent))
+        try:
+            return super().request(method, url, *args, **kwargs)
+        finally:
+            call_options.reset(token)
+
+    def prepare_request(self, request: Request) -> PreparedRequest:
+        """Prepare like requests, encoding ``params`` and the path of service:// URLs too."""
+        if not is_service_url(request.url):
+            return super().prepare_request(request)
+        # requests leaves non-http URLs untouched (and drops params), so prepare
+        # the URL as http:// and put the scheme back afterwards.
+        url = request.url.decode() if isinstance(request.url, bytes) else str(request.url)
+        url = url.strip()
+        parse_service_url(url)  # a bad service name fails here, before any I/O
+        as_http = "http://" + url[len(SERVICE_SCHEME) :]
+        original = request.url
+        request.url = as_http
+        try:
+            prepared = super().prepare_request(request)
+        finally:
+            request.url = original
+        assert prepared.url is not None and prepared.url.startswith("http://")
+        prepared.url = SERVICE_SCHEME + prepared.url[len("http://") :]
+        return prepared
+
+    def map(
+        self, calls: Iterable[Call], *, concurrency: int | None = None
+    ) -> list[Response | Exception]:
+        """Send many requests at once; return each Response or raised exception, in order."""
+        thunks = [self._thunk(call) for call in calls]
+        return gather(*thunks, concurrency=concurrency or self.concurrency)
+
+    def _thunk(self, call: Call) -> Callable[[], Response]:
+        if isinstance(call, Request):
+            req = call
+            return lambda: self.request(
+                req.method,
+                req.url,
+                params=req.params,
+                data=req.data,
+                headers=req.headers,
+                cookies=req.cookies,
+                files=req.files,
+                auth=req.auth,
+                hooks=req.hooks,
+                json=req.json,
+            )
+        method, url, *rest = call
+        kwargs = dict(rest[0]) if rest else {}
+        return lambda: self.request(method, url, **kwargs)
+
+
+def request(method: str, url: str, **kwargs: Any) -> Response:
+    """Send one request with a fresh Session (like ``requests.request``)."""
+    with Session() as session:
+        return session.request(method=method, url=url, **kwargs)
+
+
+def get(url: str, params: Any = None, **kwargs: Any) -> Response:
+    """Send a GET request (like ``requests.get``)."""
+    return request("get", url, params=params, **kwargs)
+
+
+def options(url: str, **kwargs: Any) -> Response:
+    """Send an OPTIONS request (like ``requests.options``)."""
+    return request("options", url, **kwargs)
+
+
+def head(url: str, **kwargs: Any) -> Response:
+    """Send a HEAD request, not following redirects by default (like ``requests.head``)."""
+    kwargs.setdefault("allow_redirects", False)
+    return request("head", url, **kwargs)
+
+
+def post(url: str, data: Any = None, json: Any = None, **kwargs: Any) -> Response:
+    """Send a POST request (like ``requests.post``); never retried unless opted in."""
+    return request("post", url, data=data, json=json, **kwargs)
+
+
+def put(url: str, data: Any = None, **kwargs: Any) -> Response:
+    """Send a PUT request (like ``requests.put``)."""
+    return request("put", url, data=data, **kwargs)
+
+
+def patch(url: str, data: Any = None, **kwargs: Any) -> Response:
+    """Send a PATCH request (like ``requests.patch``); never retried unless opted in."""
+    return request("patch", url, data=data, **kwargs)
+
+
+def delete(url: str, **kwargs: Any) -> Response:
+    """Send a DELETE request (like ``requests.delete``)."""
+    return request("delete", url, **kwargs)
