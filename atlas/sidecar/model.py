@@ -1,0 +1,223 @@
+"""Immutable snapshot of one realm's services, parsed leniently from the DESIGN.md znodes."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+SERVICE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+HOSTNAME_RE = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_-]{1,63})*\.?$"
+)
+# Health-check paths go verbatim into the config: no whitespace, quotes, backslashes or '#'.
+HC_PATH_RE = re.compile(r"^/[^\s\"'\\#]{0,1023}$")
+DEFAULT_WEIGHT = 100
+MAX_WEIGHT = 256
+
+
+@dataclass(frozen=True, order=True)
+class HealthCheck:
+    """An HTTP health check: GET path every interval, failing after timeout."""
+
+    path: str
+    interval_ms: int = 5000
+    timeout_ms: int = 2000
+
+
+@dataclass(frozen=True, order=True)
+class Instance:
+    """One routable instance; `host:port` is its identity and its HAProxy server name."""
+
+    host: str
+    port: int
+    enabled: bool = True
+    weight: int = DEFAULT_WEIGHT
+    address: str = ""  # where to connect; the identity host when empty
+
+    @property
+    def key(self) -> str:
+        """The instance identity, `host:port`."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def target(self) -> str:
+        """The `addr:port` HAProxy connects to."""
+        return f"{self.address or self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Service:
+    """A service, its optional health check and its instances sorted by identity."""
+
+    name: str
+    health_check: HealthCheck | None = None
+    instances: tuple[Instance, ...] = ()
+
+    def instance_map(self) -> dict[str, Instance]:
+        """Instances by `host:port`."""
+        return {i.key: i for i in self.instances}
+
+    def with_instances(self, instances: tuple[Instance, ...]) -> Service:
+        """A copy with other instances (sorted)."""
+        return replace(self, instances=tuple(sorted(instances, key=lambda i: (i.host, i.port))))
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """All services of one realm at one moment, sorted by name; never mutated."""
+
+    services: tuple[Service, ...] = ()
+    _index: Mapping[str, Service] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        ordered = tuple(sorted(self.services, key=lambda s: s.name))
+        object.__setattr__(self, "services", ordered)
+        object.__setattr__(self, "_index", {s.name: s for s in ordered})
+
+    def get(self, name: str) -> Service | None:
+        """The named service, or None."""
+        return self._index.get(name)
+
+    def names(self) -> frozenset[str]:
+        """Names of every service."""
+        return frozenset(self._index)
+
+    def instance_count(self) -> int:
+        """Total number of instances."""
+        return sum(len(s.instances) for s in self.services)
+
+
+def valid_host(host: str) -> bool:
+    """True for an IP address or a plausible DNS hostname (safe to put in a config)."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return bool(HOSTNAME_RE.match(host))
+
+
+def _port(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        port = int(value)
+    except (TypeError, ValueError):
+        return None
+    return port if 1 <= port <= 65535 else None
+
+
+def _load_json(data: bytes | None) -> dict[str, Any] | None:
+    if not data:
+        return None
+    try:
+        obj = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _positive_ms(value: Any, default_ms: int) -> int:
+    if value is None or isinstance(value, bool):
+        return default_ms
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return default_ms
+    if not 0 < seconds <= 3600:
+        return default_ms
+    return max(1, round(seconds * 1000))
+
+
+def parse_health_check(value: Any) -> HealthCheck | None:
+    """The service's `health_check` {path, interval_s, timeout_s}, or None when absent/invalid."""
+    if not isinstance(value, dict):
+        return None
+    path = value.get("path")
+    if not isinstance(path, str) or not HC_PATH_RE.match(path):
+        return None
+    return HealthCheck(
+        path=path,
+        interval_ms=_positive_ms(value.get("interval_s"), 5000),
+        timeout_ms=_positive_ms(value.get("timeout_s"), 2000),
+    )
+
+
+def parse_instance(node_name: str, data: bytes | None) -> tuple[Instance | None, str | None]:
+    """Parse one instance znode (Curator + Synapse + Atlas fields); returns (instance, warning)."""
+    host, sep, port_text = node_name.rpartition(":")
+    port = _port(port_text)
+    if not sep or port is None or not valid_host(host):
+        return None, f"instance node {node_name!r}: name is not <host>:<port>"
+    obj = _load_json(data)
+    if obj is None:
+        return None, f"instance node {node_name!r}: data is not a JSON object"
+    address = obj.get("host", obj.get("address"))
+    if not isinstance(address, str) or not valid_host(address):
+        address = host
+    data_port = _port(obj.get("port"))
+    if data_port is not None and data_port != port:
+        return None, f"instance node {node_name!r}: port {data_port} does not match its name"
+    enabled = obj.get("enabled", True)
+    enabled = enabled if isinstance(enabled, bool) else True
+    options = obj.get("haproxy_server_options")
+    if isinstance(options, str) and "disabled" in options.split():
+        enabled = False
+    weight_raw = obj.get("weight", DEFAULT_WEIGHT)
+    if isinstance(weight_raw, bool) or not isinstance(weight_raw, int | float):
+        weight = DEFAULT_WEIGHT
+    else:
+        weight = min(MAX_WEIGHT, max(0, int(weight_raw)))
+    return (
+        Instance(
+            host=host,
+            port=port,
+            enabled=enabled,
+            weight=weight,
+            address="" if address == host else address,
+        ),
+        None,
+    )
+
+
+def parse_service(
+    name: str, data: bytes | None, children: Mapping[str, bytes | None]
+) -> tuple[Service | None, list[str]]:
+    """Parse a service znode and its instance children; returns (service, warnings)."""
+    if not SERVICE_NAME_RE.match(name):
+        return None, [f"service node {name!r}: not a valid service name, ignored"]
+    warnings: list[str] = []
+    obj = _load_json(data)
+    health: HealthCheck | None = None
+    if obj is None:
+        if data:
+            warnings.append(f"service node {name!r}: data is not a JSON object, no health check")
+    else:
+        health = parse_health_check(obj.get("health_check"))
+        if obj.get("health_check") and health is None:
+            warnings.append(f"service {name!r}: invalid health_check ignored")
+    instances: list[Instance] = []
+    for child, child_data in children.items():
+        inst, warning = parse_instance(child, child_data)
+        if warning:
+            warnings.append(f"service {name!r}: {warning}")
+        if inst is not None:
+            instances.append(inst)
+    return Service(name=name, health_check=health).with_instances(tuple(instances)), warnings
+
+
+def build_snapshot(
+    raw: Mapping[str, tuple[bytes | None, Mapping[str, bytes | None]]],
+) -> tuple[Snapshot, list[str]]:
+    """Build a snapshot from {service: (data, {instance node: data})}; returns (snapshot, warnings)."""
+    services: list[Service] = []
+    warnings: list[str] = []
+    for name, (data, children) in raw.items():
+        service, service_warnings = parse_service(name, data, children)
+        warnings.extend(service_warnings)
+        if service is not None:
+            services.append(service)
+    return Snapshot(tuple(services)), warnings
