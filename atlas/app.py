@@ -17,7 +17,8 @@ from atlas.api.problems import problem_response
 from atlas.config import Settings
 from atlas.errors import AtlasError
 from atlas.metrics import Metrics
-from atlas.registry import Mirror, Registry, build_models
+from atlas.mirror import Reconciler, ZkMirror
+from atlas.registry import Mirror, Registry, build_models_for
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +46,31 @@ class AtlasExtension:
         """Bind to an app: build models and the registry unless they are injected."""
         self.settings = settings
         self.mirror = mirror
+        self.reconciler: Reconciler | None = None
+        if mirror is None and registry is None and settings.zk_hosts:
+            zk = ZkMirror(settings.zk_hosts, settings.realm, timeout=settings.zk_timeout_s)
+            mirror = zk
+            if settings.reconciler_enabled:
+                self.reconciler = Reconciler(zk, interval=settings.reconcile_interval_s)
         if registry is None:
-            models = build_models(
-                settings.table_prefix,
-                host=settings.dynamodb_endpoint or None,
-                region=settings.aws_region,
-            )
-            registry = Registry(models, mirror=mirror)
+            registry = Registry(build_models_for(settings), mirror=mirror)
         self.registry = registry
+        self.mirror = mirror
+        if isinstance(mirror, ZkMirror):
+            mirror.bind(registry)
+            mirror.start()
+        if self.reconciler is not None:
+            self.reconciler.start()
         self.authenticator = Authenticator(settings)
         app.extensions["atlas"] = self
         self.metrics.init_app(app)
+
+    def close(self) -> None:
+        """Stop background threads and ZooKeeper sessions (tests, shutdown)."""
+        if self.reconciler is not None:
+            self.reconciler.stop()
+        if isinstance(self.mirror, ZkMirror):
+            self.mirror.stop()
 
     def info(self, principal: Principal | None = None) -> dict[str, Any]:
         """The body of GET /v1/info."""

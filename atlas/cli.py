@@ -63,6 +63,27 @@ def cmd_dev(args: argparse.Namespace) -> int:
     return DevStack.from_args(args).run()
 
 
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    """Compare DynamoDB with ZooKeeper once and fix every difference."""
+    import json
+
+    from atlas.mirror import ZkMirror
+    from atlas.registry import Registry, build_models_for
+
+    settings = _settings()
+    if not settings.zk_hosts:
+        print("atlas: ATLAS_ZK_HOSTS is not set", file=sys.stderr)
+        return 2
+    mirror = ZkMirror(settings.zk_hosts, settings.realm, timeout=settings.zk_timeout_s)
+    mirror.bind(Registry(build_models_for(settings), mirror=mirror))
+    try:
+        mirror.connect(timeout=args.timeout)
+        print(json.dumps(mirror.reconcile(), indent=2))
+    finally:
+        mirror.stop()
+    return 0
+
+
 def cmd_settings(args: argparse.Namespace) -> int:
     """Print every ATLAS_* setting and its default."""
     for name, default in Settings.documented():
@@ -93,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--sidecar-port", type=int, default=4000)
     d.add_argument("--no-seed", action="store_true", help="do not seed the example service")
     d.set_defaults(func=cmd_dev)
+
+    r = sub.add_parser("reconcile", help="rebuild the ZooKeeper mirror from DynamoDB")
+    r.add_argument("--once", action="store_true", help="run one pass and exit (the only mode)")
+    r.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for ZooKeeper")
+    r.set_defaults(func=cmd_reconcile)
 
     c = sub.add_parser("settings", help="print every ATLAS_* setting and its default")
     c.set_defaults(func=cmd_settings)

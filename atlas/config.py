@@ -59,6 +59,7 @@ class Settings:
     reconcile_interval_s: float = field(
         default=60.0, metadata={"env": "ATLAS_RECONCILE_INTERVAL_S"}
     )
+    reconciler_enabled: bool = field(default=True, metadata={"env": "ATLAS_RECONCILER"})
     max_body_bytes: int = field(default=1024 * 1024, metadata={"env": "ATLAS_MAX_BODY_BYTES"})
     page_limit_default: int = field(default=100, metadata={"env": "ATLAS_PAGE_LIMIT_DEFAULT"})
     page_limit_max: int = field(default=1000, metadata={"env": "ATLAS_PAGE_LIMIT_MAX"})

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from atlas.config import Settings
 from atlas.migrate import Migrator
-from atlas.stack import ManagedProcess, MotoServer, ZooKeeperServer, wait_for_port
+from atlas.stack import AtlasServer, ManagedProcess, MotoServer, ZooKeeperServer
 from atlas.stack.servers import zookeeper_available
 
 EXAMPLE_PORTS = (9001, 9002)
@@ -108,21 +108,9 @@ class DevStack:
             ran = Migrator(settings).run()
             self._say(f"migrations applied: {', '.join(ran) or 'none pending'}")
 
-            api = ManagedProcess(
-                "atlas",
-                [
-                    sys.executable, "-m", "gunicorn",
-                    "--bind", f"127.0.0.1:{self.api_port}",
-                    "--workers", "2", "--worker-class", "gthread", "--threads", "4",
-                    "--access-logfile", str(logs / "access.log"),
-                    "atlas.wsgi:app",
-                ],
-                logs / "atlas.log",
-                env=env,
-            )  # fmt: skip
-            procs.append(api)
+            api = AtlasServer(logs, env, port=self.api_port)
+            procs.append(api.process)
             api.start()
-            wait_for_port(self.api_port, timeout=30, proc=api.proc)
             self._say(f"Atlas API on http://127.0.0.1:{self.api_port} (realm local)")
             self._say("AUTH IS DISABLED (ATLAS_AUTH_DISABLED=true, allowed only in realm 'local')")
 

@@ -1,7 +1,7 @@
 """The registry: Atlas's domain logic over DynamoDB, free of Flask."""
 
 from atlas.registry.mirror import Mirror, NullMirror
-from atlas.registry.models import Models, build_models
+from atlas.registry.models import Models, build_models, build_models_for
 from atlas.registry.records import HealthCheck, Instance, Page, Service, instance_id
 from atlas.registry.service import Registry
 
@@ -15,5 +15,6 @@ __all__ = [
     "Registry",
     "Service",
     "build_models",
+    "build_models_for",
     "instance_id",
 ]

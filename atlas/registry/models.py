@@ -105,3 +105,12 @@ def build_models(
         by_host = HostIndex()
 
     return Models(prefix=prefix, Service=ServiceModel, Instance=InstanceModel)
+
+
+def build_models_for(settings: Any) -> Models:
+    """Models for the tables of the realm named by Atlas settings."""
+    return build_models(
+        settings.table_prefix,
+        host=settings.dynamodb_endpoint or None,
+        region=settings.aws_region,
+    )

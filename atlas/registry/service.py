@@ -484,6 +484,34 @@ class Registry:
                 continue  # detached meanwhile
         return out
 
+    # ------------------------------------------------------- mirror's reads
+
+    def find_service(self, name: str) -> Service | None:
+        """The service as stored now (consistent read), or None."""
+        with _store("reading a service"):
+            try:
+                return self.service_record(self.models.Service.get(name, consistent_read=True))
+            except self.models.Service.DoesNotExist:
+                return None
+
+    def find_instance(self, service: str, iid: str) -> Instance | None:
+        """The instance as stored now (consistent read), or None."""
+        m = self._get_instance_model(service, iid)
+        return self.instance_record(m) if m is not None else None
+
+    def scan_services(self) -> list[Service]:
+        """Every service of the realm (consistent scan)."""
+        with _store("scanning services"):
+            return [self.service_record(m) for m in self.models.Service.scan(consistent_read=True)]
+
+    def scan_instances(self) -> dict[str, list[Instance]]:
+        """Every instance of the realm, grouped by service (consistent scan)."""
+        out: dict[str, list[Instance]] = {}
+        with _store("scanning instances"):
+            for m in self.models.Instance.scan(consistent_read=True):
+                out.setdefault(m.service, []).append(self.instance_record(m))
+        return out
+
     # ------------------------------------------------------------------ health
 
     def check_store(self) -> None:

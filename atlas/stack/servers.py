@@ -160,3 +160,59 @@ class MotoServer:
     def kill(self) -> None:
         """kill -9 moto server."""
         self.process.kill()
+
+
+class AtlasServer:
+    """Atlas under real gunicorn, configured by ATLAS_* variables."""
+
+    def __init__(
+        self,
+        base_dir: Path,
+        env: dict[str, str],
+        port: int | None = None,
+        workers: int = 2,
+        threads: int = 4,
+        app: str = "atlas.wsgi:app",
+        name: str = "atlas",
+    ) -> None:
+        self.base_dir = Path(base_dir)
+        self.port = port or free_port()
+        full_env = dict(os.environ)
+        full_env.update(env)
+        self.env = full_env
+        self.process = ManagedProcess(
+            name,
+            [
+                sys.executable, "-m", "gunicorn",
+                "--bind", f"{LOOPBACK}:{self.port}",
+                "--workers", str(workers),
+                "--worker-class", "gthread",
+                "--threads", str(threads),
+                "--graceful-timeout", "5",
+                "--access-logfile", str(self.base_dir / f"{name}-access.log"),
+                app,
+            ],
+            self.base_dir / f"{name}.log",
+            env=full_env,
+        )  # fmt: skip
+
+    @property
+    def url(self) -> str:
+        """Base URL of the API."""
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start gunicorn and wait until it accepts connections."""
+        self.process.start()
+        try:
+            wait_for_port(self.port, timeout=timeout, proc=self.process.proc)
+        except (RuntimeError, TimeoutError) as exc:
+            raise RuntimeError(f"{exc}\n{self.process.log_tail()}") from exc
+
+    def stop(self) -> None:
+        """Stop gunicorn gracefully."""
+        self.process.stop()
+
+    def kill(self) -> None:
+        """kill -9 gunicorn and its workers."""
+        self.process.kill()

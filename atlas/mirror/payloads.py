@@ -1,0 +1,98 @@
+"""Znode paths and payloads of the ZooKeeper layout (DESIGN.md), as pure functions of records."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from atlas.registry.records import Instance, Service
+
+
+def _ms(iso: str) -> int:
+    return int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+def _dumps(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+class Layout:
+    """Paths under `/atlas/<realm>`."""
+
+    def __init__(self, realm: str, root: str = "/atlas") -> None:
+        self.root = f"{root.rstrip('/')}/{realm}"
+        self.services = f"{self.root}/services"
+        self.config = f"{self.root}/config"
+        self.election = f"{self.root}/reconciler"
+
+    def service(self, name: str) -> str:
+        """Path of a service node."""
+        return f"{self.services}/{name}"
+
+    def instance(self, service: str, instance_id: str) -> str:
+        """Path of an instance node."""
+        return f"{self.services}/{service}/{instance_id}"
+
+    def config_stamp(self, service: str) -> str:
+        """Path of a service's config version stamp."""
+        return f"{self.config}/{service}"
+
+
+def service_payload(svc: Service) -> bytes:
+    """The service node: name, port, health_check, version."""
+    hc = svc.health_check
+    return _dumps(
+        {
+            "name": svc.name,
+            "port": svc.port,
+            "health_check": (
+                {"path": hc.path, "interval_s": hc.interval_s, "timeout_s": hc.timeout_s}
+                if hc
+                else None
+            ),
+            "version": svc.version,
+        }
+    )
+
+
+def instance_payload(inst: Instance) -> bytes:
+    """An instance node readable unchanged by Curator x-discovery and SmartStack Synapse."""
+    body: dict[str, Any] = {
+        # Apache Curator x-discovery ServiceInstance
+        "name": inst.service,
+        "id": inst.id,
+        "address": inst.host,
+        "port": inst.port,
+        "sslPort": None,
+        "payload": None,
+        "registrationTimeUTC": _ms(inst.created_at),
+        "serviceType": "STATIC",
+        "uriSpec": None,
+        "enabled": inst.enabled,
+        # Airbnb SmartStack Synapse
+        "host": inst.host,
+        "weight": inst.weight,
+        "labels": dict(inst.labels),
+        # Atlas
+        "zone": inst.zone,
+        "version": inst.version,
+        "updated_at": inst.updated_at,
+    }
+    if not inst.enabled:
+        body["haproxy_server_options"] = "disabled"
+    return _dumps(body)
+
+
+def config_payload(version: int) -> bytes:
+    """The config stamp: the version number only, never values."""
+    return _dumps({"version": version})
+
+
+def desired_tree(layout: Layout, service: Service, instances: list[Instance]) -> dict[str, bytes]:
+    """Every node one service should have: its node, its instances and its config stamp."""
+    tree = {layout.service(service.name): service_payload(service)}
+    for inst in instances:
+        tree[layout.instance(service.name, inst.id)] = instance_payload(inst)
+    tree[layout.config_stamp(service.name)] = config_payload(service.config_version)
+    return tree

@@ -1,0 +1,472 @@
+"""The ZooKeeper mirror: per-key CAS sync on the write path, a dirty-set pump, and a client watchdog.
+
+Correctness does not depend on the order in which concurrent writers reach ZooKeeper: every
+sync reads the znodes first (remembering their ZooKeeper versions), then reads the truth from
+DynamoDB, then writes with compare-and-set on those versions in one transaction. A writer whose
+view went stale loses the CAS and retries from a fresh read, so the last sync to commit always
+carries a DynamoDB state read after every earlier commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from kazoo.client import KazooClient, KazooState
+from kazoo.exceptions import (
+    BadVersionError,
+    KazooException,
+    NodeExistsError,
+    NoNodeError,
+    NotEmptyError,
+    RolledBackError,
+    ZookeeperError,
+)
+from kazoo.retry import KazooRetry
+
+from atlas.errors import AtlasError
+from atlas.mirror.payloads import Layout, desired_tree, instance_payload
+from atlas.mirror.plan import Op, Plan, plan
+from atlas.registry.records import Instance, Service
+
+log = logging.getLogger(__name__)
+
+MAX_CAS_RETRIES = 8
+CONFLICTS = (BadVersionError, NodeExistsError, NoNodeError, NotEmptyError)
+ZK_ERRORS = (KazooException, ZookeeperError, TimeoutError, OSError)
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class MirrorConflict(Exception):
+    """A CAS lost a race; the caller re-reads and tries again."""
+
+
+class Source(Protocol):
+    """What the mirror reads from the truth (implemented by atlas.registry.Registry)."""
+
+    def find_service(self, name: str) -> Service | None:
+        """The service as stored now, or None."""
+
+    def find_instance(self, service: str, iid: str) -> Instance | None:
+        """The instance as stored now, or None."""
+
+    def all_instances(self, service: str) -> list[Instance]:
+        """Every instance of one service."""
+
+    def scan_services(self) -> list[Service]:
+        """Every service."""
+
+    def scan_instances(self) -> dict[str, list[Instance]]:
+        """Every instance, by service."""
+
+
+def make_client(hosts: str, timeout: float) -> KazooClient:
+    """A kazoo client that reconnects fast and retries commands briefly."""
+    return KazooClient(
+        hosts=hosts,
+        timeout=timeout,
+        connection_retry=KazooRetry(max_tries=-1, delay=0.1, backoff=1.5, max_delay=1.0),
+        command_retry=KazooRetry(max_tries=2, delay=0.05, backoff=2, max_delay=0.5),
+    )
+
+
+class ZkMirror:
+    """Mirrors DynamoDB's truth into `/atlas/<realm>` and keeps it mirrored."""
+
+    def __init__(
+        self,
+        hosts: str,
+        realm: str,
+        timeout: float = 10.0,
+        client_factory: Callable[[str, float], KazooClient] = make_client,
+        clock: Callable[[], float] = time.time,
+        recreate_after: float | None = None,
+    ) -> None:
+        self.hosts = hosts
+        self.layout = Layout(realm)
+        self.timeout = timeout
+        self.client_factory = client_factory
+        self.clock = clock
+        # A server restarted with a wiped data dir refuses a client that has seen a newer zxid,
+        # forever; only a fresh client gets in. So a client that cannot connect is replaced.
+        self.recreate_after = recreate_after if recreate_after is not None else 2 * timeout
+        self.source: Source | None = None
+        self.client: KazooClient = client_factory(hosts, timeout)
+        self._lock = threading.RLock()
+        self._wake = threading.Event()
+        self._stopped = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.dirty: set[str] = set()
+        self._disconnected_since: float | None = clock()
+        self._ensured_roots = False
+        self.counters: dict[str, int] = {
+            "syncs": 0,
+            "sync_failures": 0,
+            "cas_retries": 0,
+            "client_recreated": 0,
+            "reconciles": 0,
+            "drift_found_total": 0,
+            "drift_fixed_total": 0,
+        }
+        self.last_reconcile: dict[str, Any] | None = None
+        self.leader = False
+        self.last_error: str | None = None
+        self.on_connect: list[Callable[[], None]] = []
+        self.client.add_listener(self._on_state)
+
+    # ----------------------------------------------------------------- wiring
+
+    def bind(self, source: Source) -> None:
+        """Give the mirror the truth it mirrors (the registry)."""
+        self.source = source
+
+    def start(self, background: bool = True) -> None:
+        """Connect (without blocking on it) and start the pump and watchdog threads."""
+        self.client.start_async()
+        if background:
+            t = threading.Thread(target=self._pump, name="atlas-mirror-pump", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def connect(self, timeout: float = 15.0) -> None:
+        """Block until connected (for one-shot tools and tests)."""
+        deadline = time.monotonic() + timeout
+        if self.client.state != KazooState.CONNECTED:
+            self.client.start_async()
+        while self.client.state != KazooState.CONNECTED:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no ZooKeeper session with {self.hosts} in {timeout}s")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Stop threads and close the session."""
+        self._stopped.set()
+        self._wake.set()
+        for t in self._threads:
+            t.join(timeout=5)
+        with self._lock:
+            try:
+                self.client.stop()
+                self.client.close()
+            except ZK_ERRORS:
+                pass
+
+    def _on_state(self, state: str) -> None:
+        if state == KazooState.CONNECTED:
+            self._disconnected_since = None
+            self._ensured_roots = False
+            self._wake.set()
+            for callback in self.on_connect:
+                callback()
+        elif self._disconnected_since is None:
+            self._disconnected_since = self.clock()
+
+    @property
+    def connected(self) -> bool:
+        """True while the session is usable."""
+        return bool(self.client.state == KazooState.CONNECTED)
+
+    def _recreate_client(self) -> None:
+        with self._lock:
+            old = self.client
+            log.warning(
+                "ZooKeeper session unusable for %.1fs; creating a new client", self.recreate_after
+            )
+            try:
+                old.remove_listener(self._on_state)
+                old.stop()
+                old.close()
+            except ZK_ERRORS:
+                pass
+            self.client = self.client_factory(self.hosts, self.timeout)
+            self.client.add_listener(self._on_state)
+            self._disconnected_since = self.clock()
+            self.counters["client_recreated"] += 1
+            self.client.start_async()
+
+    def watchdog_tick(self) -> None:
+        """Replace a client that has been unable to connect for too long."""
+        since = self._disconnected_since
+        if since is not None and self.clock() - since > self.recreate_after:
+            self._recreate_client()
+
+    # ------------------------------------------------------- the write path
+
+    def _safely(self, name: str, fn: Callable[[], Any]) -> None:
+        if not self.connected or self.source is None:
+            self._mark_dirty(name)
+            return
+        try:
+            fn()
+            self.counters["syncs"] += 1
+        except (*ZK_ERRORS, MirrorConflict, AtlasError) as exc:
+            self.counters["sync_failures"] += 1
+            self.last_error = f"{exc!r}"[:300]
+            log.warning("mirror of %r deferred: %s", name, self.last_error)
+            self._mark_dirty(name)
+
+    def _mark_dirty(self, name: str) -> None:
+        with self._lock:
+            self.dirty.add(name)
+        self._wake.set()
+
+    def put_service(self, service: Service) -> None:
+        """Mirror a created or changed service (its whole subtree, atomically)."""
+        self._safely(service.name, lambda: self.sync_service(service.name))
+
+    def delete_service(self, name: str) -> None:
+        """Mirror a deleted service (removes the subtree atomically)."""
+        self._safely(name, lambda: self.sync_service(name))
+
+    def put_instances(self, instances: Sequence[Instance]) -> None:
+        """Mirror created or changed instances."""
+        for inst in instances:
+            self._safely(inst.service, lambda i=inst: self.sync_instance(i.service, i.id))  # type: ignore[misc]
+
+    def delete_instance(self, service: str, instance_id: str, version: int) -> None:
+        """Mirror a detached instance."""
+        self._safely(service, lambda: self.sync_instance(service, instance_id))
+
+    # -------------------------------------------------------------- syncing
+
+    def _ensure_roots(self, client: KazooClient) -> None:
+        if not self._ensured_roots:
+            client.ensure_path(self.layout.services)
+            client.ensure_path(self.layout.config)
+            self._ensured_roots = True
+
+    def _read(self, client: KazooClient, paths: Iterable[str]) -> dict[str, tuple[bytes, int]]:
+        asyncs = [(p, client.get_async(p)) for p in paths]
+        out: dict[str, tuple[bytes, int]] = {}
+        for path, result in asyncs:
+            try:
+                data, stat = result.get(timeout=self.timeout)
+            except NoNodeError:
+                continue
+            out[path] = (data, stat.version)
+        return out
+
+    def _read_subtree(self, client: KazooClient, name: str) -> dict[str, tuple[bytes, int]]:
+        svc_path = self.layout.service(name)
+        try:
+            children = client.get_children(svc_path)
+        except NoNodeError:
+            children = []
+        paths = [svc_path, self.layout.config_stamp(name)]
+        paths += [f"{svc_path}/{c}" for c in children]
+        actual = self._read(client, paths)
+        if svc_path not in actual and children:
+            raise MirrorConflict(f"{svc_path} vanished while reading")
+        return actual
+
+    def _commit(self, client: KazooClient, ops: Sequence[Op]) -> None:
+        if not ops:
+            return
+        tx = client.transaction()
+        for op in ops:
+            if op.kind == "create":
+                tx.create(op.path, op.data)
+            elif op.kind == "set":
+                tx.set_data(op.path, op.data, version=op.version)
+            else:
+                tx.delete(op.path, version=op.version)
+        results = tx.commit()
+        failures = [r for r in results if isinstance(r, Exception)]
+        real = [r for r in failures if not isinstance(r, RolledBackError)]
+        if real:
+            if all(isinstance(r, CONFLICTS) for r in real):
+                raise MirrorConflict(", ".join(type(r).__name__ for r in real))
+            raise real[0]
+
+    def sync_service(self, name: str) -> Plan:
+        """Make one service's subtree (node, instances, config stamp) equal DynamoDB's."""
+        assert self.source is not None
+        for _ in range(MAX_CAS_RETRIES):
+            client = self.client
+            self._ensure_roots(client)
+            actual = self._read_subtree(client, name)
+            svc = self.source.find_service(name)
+            desired = desired_tree(self.layout, svc, self.source.all_instances(name)) if svc else {}
+            p = plan(desired, actual)
+            try:
+                self._commit(client, p.ops)
+                return p
+            except MirrorConflict:
+                self.counters["cas_retries"] += 1
+                self._ensured_roots = False
+        raise MirrorConflict(f"service {name!r} kept changing while mirroring")
+
+    def sync_instance(self, service: str, iid: str) -> Plan:
+        """Make one instance node equal DynamoDB's (the whole service if its node is missing)."""
+        assert self.source is not None
+        for _ in range(MAX_CAS_RETRIES):
+            client = self.client
+            path = self.layout.instance(service, iid)
+            actual = self._read(client, [path])
+            if client.exists(self.layout.service(service)) is None:
+                return self.sync_service(service)
+            inst = self.source.find_instance(service, iid)
+            desired = {path: instance_payload(inst)} if inst else {}
+            p = plan(desired, actual)
+            try:
+                self._commit(client, p.ops)
+                return p
+            except MirrorConflict:
+                self.counters["cas_retries"] += 1
+        raise MirrorConflict(f"instance {iid} of {service!r} kept changing while mirroring")
+
+    # ----------------------------------------------------------- reconciling
+
+    def _read_tree(self, client: KazooClient) -> dict[str, dict[str, tuple[bytes, int]]]:
+        """Every mirrored node, grouped by the service it belongs to."""
+        self._ensured_roots = False  # someone may have deleted the roots: check every time
+        self._ensure_roots(client)
+        names = set(client.get_children(self.layout.services))
+        stamps = set(client.get_children(self.layout.config))
+        child_lists = {n: client.get_children_async(self.layout.service(n)) for n in names}
+        paths: list[str] = []
+        owner: dict[str, str] = {}
+        for n in names:
+            try:
+                kids = child_lists[n].get(timeout=self.timeout)
+            except NoNodeError:
+                kids = []
+            for p in [self.layout.service(n)] + [f"{self.layout.service(n)}/{k}" for k in kids]:
+                paths.append(p)
+                owner[p] = n
+        for n in stamps:
+            p = self.layout.config_stamp(n)
+            paths.append(p)
+            owner[p] = n
+        grouped: dict[str, dict[str, tuple[bytes, int]]] = {n: {} for n in names | stamps}
+        for path, value in self._read(client, paths).items():
+            grouped[owner[path]][path] = value
+        return grouped
+
+    def reconcile(self) -> dict[str, Any]:
+        """Compare all of DynamoDB with all of ZooKeeper and fix every difference."""
+        assert self.source is not None
+        started = self.clock()
+        client = self.client
+        with self._lock:
+            dirty_before = set(self.dirty)
+        # ZooKeeper first, then DynamoDB: a write that lands in between bumps a znode version
+        # and our CAS fails, so a stale DynamoDB read can never overwrite a newer znode.
+        actual = self._read_tree(client)
+        services = {s.name: s for s in self.source.scan_services()}
+        instances = self.source.scan_instances()
+        found = {"missing": 0, "stale": 0, "extra": 0}
+        pending: list[tuple[str, Plan, Any]] = []
+        for name in sorted(set(services) | set(actual) | set(instances)):
+            svc = services.get(name)
+            desired = desired_tree(self.layout, svc, instances.get(name, [])) if svc else {}
+            p = plan(desired, actual.get(name, {}))
+            if not p.ops:
+                continue
+            found["missing"] += p.missing
+            found["stale"] += p.stale
+            found["extra"] += p.extra
+            tx = client.transaction()
+            for op in p.ops:
+                if op.kind == "create":
+                    tx.create(op.path, op.data)
+                elif op.kind == "set":
+                    tx.set_data(op.path, op.data, version=op.version)
+                else:
+                    tx.delete(op.path, version=op.version)
+            pending.append((name, p, tx.commit_async()))
+        fixed = 0
+        retry: list[str] = []
+        for name, p, result in pending:
+            results = result.get(timeout=max(self.timeout, 30.0))
+            if any(isinstance(r, Exception) for r in results):
+                retry.append(name)
+            else:
+                fixed += len(p.ops)
+        for name in retry:  # a write raced us, or junk under a node: redo that service alone
+            try:
+                fixed += len(self.sync_service(name).ops)
+            except MirrorConflict:
+                self._drop_junk(client, name)
+                fixed += len(self.sync_service(name).ops)
+        drift = sum(found.values())
+        with self._lock:
+            self.dirty.difference_update(dirty_before)
+        self.counters["reconciles"] += 1
+        self.counters["drift_found_total"] += drift
+        self.counters["drift_fixed_total"] += fixed
+        self.last_reconcile = {
+            "at": _iso(started),
+            "duration_s": round(self.clock() - started, 3),
+            "services": len(services),
+            "drift_found": found,
+            "drift_fixed": fixed,
+        }
+        log.info("reconciled %d services: drift %s, fixed %d", len(services), found, fixed)
+        return self.last_reconcile
+
+    def _drop_junk(self, client: KazooClient, name: str) -> None:
+        # Children under an instance node are not ours and block deletes; remove them.
+        svc_path = self.layout.service(name)
+        try:
+            for child in client.get_children(svc_path):
+                for junk in client.get_children(f"{svc_path}/{child}"):
+                    client.delete(f"{svc_path}/{child}/{junk}", recursive=True)
+        except NoNodeError:
+            pass
+
+    # -------------------------------------------------------------- background
+
+    def drain_dirty(self) -> int:
+        """Re-sync every service whose mirror write failed; return how many succeeded."""
+        with self._lock:
+            todo = sorted(self.dirty)
+        done = 0
+        for name in todo:
+            if not self.connected or self.source is None:
+                break
+            try:
+                self.sync_service(name)
+            except (*ZK_ERRORS, MirrorConflict, AtlasError) as exc:
+                self.last_error = f"{exc!r}"[:300]
+                continue
+            with self._lock:
+                self.dirty.discard(name)
+            done += 1
+        return done
+
+    def _pump(self) -> None:
+        while not self._stopped.is_set():
+            self._wake.wait(timeout=0.5)
+            self._wake.clear()
+            if self._stopped.is_set():
+                return
+            try:
+                self.watchdog_tick()
+                if self.dirty and self.connected:
+                    self.drain_dirty()
+            except Exception:  # the pump must outlive any single failure
+                log.exception("mirror pump error")
+
+    def status(self) -> dict[str, Any]:
+        """Mirror state for /v1/info and /readyz."""
+        return {
+            "configured": True,
+            "hosts": self.hosts,
+            "root": self.layout.root,
+            "connected": self.connected,
+            "state": str(self.client.state),
+            "lagging": bool(self.dirty) or not self.connected,
+            "dirty_services": len(self.dirty),
+            "leader": self.leader,
+            "last_reconcile": self.last_reconcile,
+            "last_error": self.last_error,
+            **self.counters,
+        }
