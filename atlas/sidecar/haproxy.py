@@ -121,7 +121,7 @@ class HAProxy:
             if self.proc.poll() is not None:
                 raise HAProxyError(f"haproxy exited with {self.proc.returncode} at start")
             try:
-                if self.worker_pid() is not None:
+                if self.worker_pid() is not None and self.show_proc()[2]:
                     log.info("haproxy started, master pid %s", self.proc.pid)
                     return
             except OSError:
@@ -155,9 +155,17 @@ class HAProxy:
 
     # -- sockets ---------------------------------------------------------------------------
 
-    def master(self, command: str) -> str:
-        """A master CLI command."""
-        return socket_command(self.master_socket, command)
+    def master(self, command: str, timeout: float = 5.0) -> str:
+        """A master CLI command (retried while the master re-executes itself)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return socket_command(self.master_socket, command)
+            except (ConnectionRefusedError, FileNotFoundError):
+                # The 2.6 master re-execs into wait mode after starting workers or reloading.
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def admin(self, command: str) -> str:
         """A runtime API command to the current worker."""
@@ -177,7 +185,7 @@ class HAProxy:
     def check(self, path: Path) -> tuple[bool, str]:
         """Run `haproxy -c -f path`; return (valid, output)."""
         res = subprocess.run(
-            [self.binary, "-c", "-q", "-f", str(path)],
+            [self.binary, "-c", "-f", str(path)],
             capture_output=True,
             text=True,
             timeout=120,

@@ -70,11 +70,11 @@ def _backend(service: Service) -> list[str]:
     if hc is not None:
         lines.append(f"    option httpchk GET {hc.path}")
         lines.append(f"    timeout check {hc.timeout_ms}ms")
+    # Not `http-request return ... if { nbsrv eq 0 }`: a freshly reloaded worker briefly
+    # counts 0 servers and would answer 503 to requests it could serve.
     lines.append(
-        "    http-request return status 503 content-type text/plain hdr X-Atlas-Error"
-        " no-instance string"
-        f' "atlas-sidecar: no available instance of service {service.name}\\n"'
-        " if { nbsrv eq 0 }"
+        "    http-error status 503 content-type text/plain hdr X-Atlas-Error no-instance"
+        f' string "atlas-sidecar: no available instance of service {service.name}\\n"'
     )
     ids = server_ids(service)
     for inst in service.instances:

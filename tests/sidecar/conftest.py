@@ -1,0 +1,286 @@
+"""Sidecar fixtures: small real HTTP backends, a znode writer, and a running sidecar + HAProxy."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kazoo.client import KazooClient
+
+from atlas.sidecar.core import Settings, Sidecar
+from atlas.sidecar.haproxy import HAProxy, parse_show_proc
+from atlas.sidecar.model import Snapshot
+from atlas.sidecar.render import RenderOptions, render
+from atlas.sidecar.watch import ZooKeeperSource
+from atlas.stack import free_port
+
+HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
+
+
+def wait_for(cond: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    """Poll cond() until truthy (no timed assertions: generous timeout, then fail)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # HAProxy closing idle pooled connections resets them: expected
+
+
+class Backend:
+    """A tiny HTTP server answering its own name; /health answers 200 unless made unhealthy."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.hits = 0
+        self.healthy = True
+        backend = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                if self.path.startswith("/health"):
+                    code = 200 if backend.healthy else 500
+                else:
+                    backend.hits += 1
+                    code = 200
+                body = backend.name.encode()
+                self.send_response(code)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.httpd = _QuietServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = int(self.httpd.server_address[1])
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        """Stop serving."""
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def backends() -> Iterator[Callable[[str], Backend]]:
+    """Factory of backends, all stopped at teardown."""
+    made: list[Backend] = []
+
+    def make(name: str) -> Backend:
+        b = Backend(name)
+        made.append(b)
+        return b
+
+    yield make
+    for b in made:
+        b.stop()
+
+
+class Registry:
+    """Writes znodes exactly as DESIGN.md says the Atlas mirror does."""
+
+    def __init__(self, hosts: str, realm: str) -> None:
+        self.zk = KazooClient(hosts=hosts)
+        self.zk.start(timeout=15)
+        self.realm = realm
+        self.root = f"/atlas/{realm}/services"
+        self.zk.ensure_path(self.root)
+
+    def service(self, name: str, health_check: dict[str, Any] | None = None) -> None:
+        """Create or replace a service node."""
+        data = json.dumps(
+            {"name": name, "port": 80, "health_check": health_check, "version": 1}
+        ).encode()
+        path = f"{self.root}/{name}"
+        if self.zk.exists(path):
+            self.zk.set(path, data)
+        else:
+            self.zk.create(path, data)
+
+    @staticmethod
+    def instance_data(
+        service: str, port: int, enabled: bool = True, weight: int = 100, host: str = "127.0.0.1"
+    ) -> bytes:
+        """An instance payload with the Curator, Synapse and Atlas fields."""
+        return json.dumps(
+            {
+                "name": service,
+                "id": f"{host}:{port}",
+                "address": host,
+                "port": port,
+                "sslPort": None,
+                "payload": None,
+                "registrationTimeUTC": 1700000000000,
+                "serviceType": "STATIC",
+                "uriSpec": None,
+                "enabled": enabled,
+                "host": host,
+                "weight": weight,
+                "labels": {},
+                "haproxy_server_options": "" if enabled else "disabled",
+                "zone": "z1",
+                "version": 1,
+                "updated_at": "2024-01-01T00:00:00Z",
+            }
+        ).encode()
+
+    def instance(self, service: str, port: int, enabled: bool = True, weight: int = 100) -> None:
+        """Create or replace an instance node."""
+        path = f"{self.root}/{service}/127.0.0.1:{port}"
+        data = self.instance_data(service, port, enabled, weight)
+        if self.zk.exists(path):
+            self.zk.set(path, data)
+        else:
+            self.zk.create(path, data)
+
+    def remove_instance(self, service: str, port: int) -> None:
+        """Delete an instance node."""
+        self.zk.delete(f"{self.root}/{service}/127.0.0.1:{port}")
+
+    def wipe(self) -> None:
+        """Delete the whole realm subtree."""
+        self.zk.delete(f"/atlas/{self.realm}", recursive=True)
+
+    def close(self) -> None:
+        """Disconnect."""
+        self.zk.stop()
+        self.zk.close()
+
+
+@pytest.fixture
+def registry(zk_hosts: str, realm: str) -> Iterator[Registry]:
+    """A znode writer in this test's chroot and realm."""
+    reg = Registry(zk_hosts, realm)
+    yield reg
+    reg.close()
+
+
+class Running:
+    """A Sidecar with its real HAProxy, run in a background thread."""
+
+    def __init__(
+        self,
+        zk_hosts: str,
+        realm: str,
+        state: Path,
+        render_fn: Callable[[Snapshot, RenderOptions], str] = render,
+        empty_grace_s: float = 60.0,
+    ) -> None:
+        self.port = free_port()
+        state.mkdir(parents=True, exist_ok=True)
+        self.state = state
+        self.options = RenderOptions(
+            port=self.port, admin_socket=str(state / "admin.sock"), realm=realm
+        )
+        self.proxy = HAProxy(
+            state / "haproxy.cfg",
+            state / "master.sock",
+            state / "admin.sock",
+            binary=HAPROXY,
+            log_path=state / "haproxy.log",
+        )
+        settings = Settings(
+            debounce_s=0.02,
+            debounce_max_s=0.2,
+            reload_min_interval_s=0.2,
+            reload_jitter_s=0.05,
+            empty_grace_s=empty_grace_s,
+            initial_sync_timeout_s=10.0,
+            tick_s=0.2,
+            status_file=state / "status.json",
+        )
+        self.source = ZooKeeperSource(zk_hosts, realm, rebuild_after_s=5.0)
+        self.sidecar = Sidecar(self.source, self.proxy, self.options, settings, render_fn=render_fn)
+        self.error: BaseException | None = None
+        self.sidecar.boot()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.sidecar.run()
+        except BaseException as exc:
+            self.error = exc
+            logging.getLogger(__name__).exception("sidecar loop died")
+
+    def stop(self) -> None:
+        """Stop the loop, the watcher and HAProxy."""
+        self.sidecar.request_stop()
+        self.thread.join(timeout=10)
+        self.sidecar.shutdown()
+        assert self.error is None, self.error
+
+    @property
+    def status(self) -> dict[str, Any]:
+        """The sidecar's status dict."""
+        return self.sidecar.status_dict()
+
+    def show_proc(self) -> tuple[int | None, int, list[int]]:
+        """(master reloads, failed reloads, worker pids) from HAProxy's master socket."""
+        return parse_show_proc(self.proxy.master("show proc"))
+
+    def request(
+        self, service: str | None, conn: http.client.HTTPConnection | None = None
+    ) -> tuple[int, str]:
+        """One GET through HAProxy (a new connection unless one is given)."""
+        c = conn or http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            headers = {"Atlas-Service": service} if service is not None else {}
+            c.request("GET", "/", headers=headers)
+            r = c.getresponse()
+            return r.status, r.read().decode()
+        finally:
+            if conn is None:
+                c.close()
+
+    def bodies(self, service: str, n: int) -> list[str]:
+        """Bodies of n requests (errors as 'ERR <status>')."""
+        out = []
+        for _ in range(n):
+            status, body = self.request(service)
+            out.append(body if status == 200 else f"ERR {status}")
+        return out
+
+    def settled(self) -> bool:
+        """True when HAProxy runs exactly what the sidecar last saw."""
+        st = self.status
+        return bool(st["in_sync"]) and not st["stale"]
+
+
+@pytest.fixture
+def start_sidecar(zk_hosts: str, realm: str) -> Iterator[Callable[..., Running]]:
+    """Factory: start a sidecar on this test's chroot/realm; stopped at teardown."""
+    started: list[Running] = []
+    # UNIX socket paths are limited to 108 bytes: keep the state dir short.
+    base = Path(tempfile.mkdtemp(prefix="asc-", dir="/tmp"))
+
+    def start(**kwargs: Any) -> Running:
+        hosts = kwargs.pop("zk_hosts", zk_hosts)
+        r = Running(hosts, realm, base / str(len(started)), **kwargs)
+        started.append(r)
+        return r
+
+    yield start
+    for r in started:
+        r.stop()
+    shutil.rmtree(base, ignore_errors=True)
