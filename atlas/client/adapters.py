@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import requests
 from requests.adapters import HTTPAdapter
 from requests.models import PreparedRequest, Response
+from urllib3.exceptions import ReadTimeoutError
 from urllib3.util.retry import Retry
 
 from atlas.client.errors import InvalidServiceName, InvalidServiceURL
@@ -207,6 +209,13 @@ class ServiceAdapter(RequestIdAdapter):
                 cert=cert,
                 proxies=None,
             )
+        except requests.ConnectionError as exc:
+            # With retries, urllib3 wraps a read timeout in MaxRetryError and requests
+            # turns that into ConnectionError; give callers requests' usual ReadTimeout.
+            reason = getattr(exc.args[0], "reason", None) if exc.args else None
+            if isinstance(reason, ReadTimeoutError):
+                raise requests.ReadTimeout(exc.args[0], request=exc.request) from exc
+            raise
         finally:
             _sending.reset(token)
         # The caller sees its own URL: relative redirects and cookies stay per service.
