@@ -320,12 +320,11 @@ class Sidecar:
                 self._mark_applied()
             else:
                 self.running = None
-        if self.running != desired:
-            if not self.pacer.ready(now):
-                return
+        if self.running != desired and self.pacer.ready(now):
             self._reload(desired, now)
-        elif self._file_dirty:
-            assert self.running is not None
+            return
+        if self._file_dirty and self.running is not None:
+            # Runtime changes are in; keep the file in step (a pending reload rewrites it anyway).
             if self._write_checked(self.render_fn(self.running, self.options)):
                 self._file_dirty = False
                 self.backoff.success()

@@ -134,7 +134,7 @@ def test_wiped_tree_mid_rebuild_never_empties_a_backend(registry, backends, star
         registry.wipe()
         wait_for(lambda: "holding" in " ".join(sc.status["stale_reasons"]), what="hold")
         registry.zk.ensure_path(registry.root)
-        for s, group in bes.items():  # a reconciler rebuilding, one node at a time
+        for s in bes:  # a reconciler rebuilding, one node at a time
             registry.service(s)
             ok = load.ok
             wait_for(lambda ok=ok: load.ok > ok + 10, what="traffic during rebuild")
