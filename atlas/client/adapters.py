@@ -7,7 +7,7 @@ import re
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -218,7 +218,15 @@ class ServiceAdapter(RequestIdAdapter):
             raise
         finally:
             _sending.reset(token)
-        # The caller sees its own URL: relative redirects and cookies stay per service.
+        # The caller sees its own URL: redirects and cookies stay per service.
         response.url = request.url if isinstance(request.url, str) else str(request.url)
         response.request = request
+        location = response.headers.get("Location")
+        if location and response.is_redirect:
+            # urljoin does not resolve against service:// URLs, and a backend may
+            # build an absolute URL from the sidecar's Host: map both back.
+            absolute = urljoin(outgoing.url, location)
+            if absolute == self.sidecar_url or absolute.startswith(self.sidecar_url + "/"):
+                path = absolute[len(self.sidecar_url) :] or "/"
+                response.headers["Location"] = f"{SERVICE_SCHEME}{service}{path}"
         return response
