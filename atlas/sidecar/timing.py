@@ -7,13 +7,16 @@ from collections.abc import Callable
 
 
 class Debouncer:
-    """Coalesces bursts: due once `quiet_s` passed since the last poke, or `max_s` since the first."""
+    """Coalesces bursts: a change after a quiet period is due at once (leading edge); changes
+    following it are due once `quiet_s` passed since the last one, or `max_s` since the first.
+    """
 
     def __init__(self, quiet_s: float, max_s: float) -> None:
         self.quiet_s = quiet_s
         self.max_s = max(max_s, quiet_s)
         self._first: float | None = None
         self._last: float | None = None
+        self._taken: float | None = None
 
     def poke(self, now: float) -> None:
         """Record a change at `now`."""
@@ -27,17 +30,20 @@ class Debouncer:
         return self._first is not None
 
     def deadline(self) -> float | None:
-        """When the pending burst becomes due, or None when nothing is pending."""
+        """When the pending changes become due, or None when nothing is pending."""
         if self._first is None or self._last is None:
             return None
+        if self._taken is None or self._first - self._taken >= self.quiet_s:
+            return self._first  # first change after a quiet period: no added latency
         return min(self._last + self.quiet_s, self._first + self.max_s)
 
     def take(self, now: float) -> bool:
-        """Return True (and reset) when a pending burst is due at `now`."""
+        """Return True (and reset) when pending changes are due at `now`."""
         deadline = self.deadline()
         if deadline is None or now < deadline:
             return False
         self._first = self._last = None
+        self._taken = now
         return True
 
 

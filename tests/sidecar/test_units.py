@@ -30,19 +30,23 @@ def svc(name: str, *ports: int, hc: HealthCheck | None = None, **kw: object) -> 
 # -- timing ---------------------------------------------------------------------------------
 
 
-def test_debouncer_coalesces_a_burst_and_caps_the_delay():
+def test_debouncer_is_immediate_when_quiet_and_coalesces_bursts():
     d = Debouncer(quiet_s=0.05, max_s=0.2)
     assert not d.take(0.0)
     d.poke(1.0)
+    assert d.take(1.0)  # leading edge: nothing happened for a while
+    d.poke(1.01)
     d.poke(1.04)
     assert not d.take(1.08)
-    assert d.take(1.09)
+    assert d.take(1.09)  # trailing edge of the burst
     assert not d.take(5.0)  # consumed
-    for i in range(100):  # a never-ending stream is still taken after max_s
+    d.poke(2.0)
+    assert d.take(2.0)
+    for i in range(1, 100):  # a never-ending stream is still taken after max_s
         d.poke(2.0 + i * 0.01)
         if d.take(2.0 + i * 0.01):
             break
-    assert 2.0 + i * 0.01 == pytest.approx(2.2)
+    assert 2.0 + i * 0.01 == pytest.approx(2.21)
 
 
 def test_pacer_spaces_reloads_with_jitter():
@@ -266,14 +270,21 @@ def loop(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 def test_loop_debounces_bursts_into_one_reload(loop):  # type: ignore[no-untyped-def]
     sc, clock, source, proxy = loop
-    for n in range(5):  # five services appear within 40 ms
+    source.publish(snap(svc("s0", 1)))
+    sc.step()
+    assert proxy.reloads == 1  # after a quiet period: at once
+    clock.t += 5
+    for n in range(1, 5):  # then four more services within 40 ms: one reload for them
         source.publish(snap(*(svc(f"s{i}", 1) for i in range(n + 1))))
-        clock.t += 0.01
         sc.step()
-    assert proxy.reloads == 0
+        clock.t += 0.01
+    assert proxy.reloads == 2  # s0+s1 at once (leading edge)
     clock.t += 0.05
     sc.step()
-    assert proxy.reloads == 1
+    assert proxy.reloads == 2  # s2..s4 coalesced, then held by the reload pacing
+    clock.t += 2.5
+    sc.step()
+    assert proxy.reloads == 3
     assert sc.running is not None and len(sc.running.services) == 5
     assert "backend s4" in proxy.config_path.read_text()
 
