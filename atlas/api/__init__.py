@@ -25,6 +25,8 @@ class ProblemApi(Api):
 
 def init_api(app: Flask) -> ProblemApi:
     """Mount the v1 resources and the authentication hook on the app."""
+    # `//` must not be "fixed" by a redirect: /v1/services//instances is not /v1/services/instances.
+    app.url_map.merge_slashes = False
     api = ProblemApi(app, catch_all_404s=True)
     api.add_resource(r.ServiceList, "/v1/services")
     api.add_resource(r.ServiceItem, "/v1/services/<string:name>")

@@ -41,7 +41,9 @@ def load_body(schema: Schema, required: bool = True) -> dict[str, Any]:
         if data.strip():
             try:
                 raw = json.loads(data)
-            except (ValueError, UnicodeDecodeError) as exc:
+                # An escaped lone surrogate (backslash-u-d800) parses but cannot be stored as UTF-8.
+                json.dumps(raw, ensure_ascii=False).encode()
+            except (ValueError, UnicodeError, RecursionError) as exc:
                 raise BadRequest(
                     f"the body is not valid JSON: {exc}"[:300], {"body": ["Malformed JSON."]}
                 ) from None
@@ -81,7 +83,7 @@ def _parse_tag(value: str) -> int:
         tag = tag[2:]
     if len(tag) >= 2 and tag[0] == tag[-1] == '"':
         tag = tag[1:-1]
-    if not tag.isdigit():
+    if not (tag.isascii() and tag.isdigit()):
         raise PreconditionFailed(f"If-Match {value!r} names no version of this resource")
     return int(tag)
 

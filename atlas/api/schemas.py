@@ -53,6 +53,15 @@ class Host(fields.String):
         return host
 
 
+class FullMatch(validate.Regexp):
+    """validate.Regexp over the whole value (re.match with `$` accepts a trailing newline)."""
+
+    def __call__(self, value: Any) -> Any:
+        if self.regex.fullmatch(value) is None:
+            raise ValidationError(self._format_error(value))
+        return value
+
+
 def _port(**kwargs: Any) -> StrictInteger:
     return StrictInteger(validate=validate.Range(1, 65535), **kwargs)
 
@@ -69,7 +78,7 @@ class HealthCheckSchema(StrictSchema):
 
     path = fields.String(
         required=True,
-        validate=[validate.Length(1, 1024), validate.Regexp(r"^/[\x21-\x7e]*$")],
+        validate=[validate.Length(1, 1024), FullMatch(r"^/[\x21-\x7e]*$")],
     )
     interval_s = StrictInteger(load_default=10, validate=validate.Range(1, 3600))
     timeout_s = StrictInteger(load_default=2, validate=validate.Range(1, 600))
@@ -82,7 +91,7 @@ class HealthCheckSchema(StrictSchema):
 
 def _tags() -> fields.List:
     return fields.List(
-        fields.String(validate=validate.Regexp(TAG_RE)),
+        fields.String(validate=FullMatch(TAG_RE)),
         validate=validate.Length(max=50),
     )
 
@@ -90,7 +99,7 @@ def _tags() -> fields.List:
 class ServiceCreateSchema(StrictSchema):
     """Body of POST /v1/services."""
 
-    name = fields.String(required=True, validate=validate.Regexp(SERVICE_NAME_RE))
+    name = fields.String(required=True, validate=FullMatch(SERVICE_NAME_RE))
     description = fields.String(load_default="", validate=validate.Length(max=1024))
     owner = fields.String(load_default="", validate=validate.Length(max=256))
     port = _port(load_default=None, allow_none=True)
@@ -124,7 +133,7 @@ class ServiceSchema(Schema):
 
 def _labels() -> fields.Dict:
     return fields.Dict(
-        keys=fields.String(validate=validate.Regexp(LABEL_KEY_RE)),
+        keys=fields.String(validate=FullMatch(LABEL_KEY_RE)),
         values=fields.String(validate=validate.Length(max=256)),
         validate=validate.Length(max=64),
     )

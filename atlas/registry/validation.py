@@ -8,17 +8,20 @@ import re
 from atlas.errors import ValidationFailed
 
 SERVICE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
-_LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", re.IGNORECASE)
+_LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", re.IGNORECASE | re.ASCII)
+# Characters a hostname or an IP address (IPv6 possibly in brackets) may contain: no zone ids,
+# no whitespace or control characters, nothing outside ASCII.
+_HOST_CHARS_RE = re.compile(r"[A-Za-z0-9.:\[\]-]+", re.ASCII)
 
 
 def is_service_name(value: str) -> bool:
     """True for a DNS-label service name."""
-    return bool(SERVICE_NAME_RE.match(value))
+    return bool(SERVICE_NAME_RE.fullmatch(value))
 
 
 def normalize_host(value: str) -> str | None:
     """Return the canonical form of a hostname or IP address, or None if it is neither."""
-    if not value or len(value) > 253:
+    if not value or len(value) > 253 or not _HOST_CHARS_RE.fullmatch(value):
         return None
     candidate = value[1:-1] if value.startswith("[") and value.endswith("]") else value
     try:
@@ -29,7 +32,7 @@ def normalize_host(value: str) -> str | None:
         return None
     name = value.rstrip(".").lower() if value.endswith(".") and len(value) > 1 else value.lower()
     labels = name.split(".")
-    if not all(_LABEL_RE.match(label) for label in labels):
+    if not all(_LABEL_RE.fullmatch(label) for label in labels):
         return None
     # A dotted all-numeric name that is not a valid IPv4 address is a typo, not a hostname.
     if all(label.isdigit() for label in labels):
@@ -49,7 +52,8 @@ def parse_instance_id(value: str) -> tuple[str, int]:
         raise ValidationFailed(
             "instance id must be host:port", {"instance_id": ["Expected host:port."]}
         )
-    if not port_s.isdigit() or len(port_s) > 5 or not 1 <= int(port_s) <= 65535:
+    digits = port_s.isascii() and port_s.isdigit()
+    if not digits or len(port_s) > 5 or not 1 <= int(port_s) <= 65535:
         errors["port"] = ["Must be an integer between 1 and 65535."]
     else:
         port = int(port_s)
