@@ -285,8 +285,11 @@ class StaticHAProxy:
             # The master CLI answers only once it sees end of input.
             sock.shutdown(socket.SHUT_WR)
             chunks = []
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
+            try:
+                while chunk := sock.recv(65536):
+                    chunks.append(chunk)
+            except ConnectionResetError:
+                pass  # "reload" re-executes the master, which may drop the CLI connection
         return b"".join(chunks).decode("utf-8", "replace")
 
     def reload(self, services: Mapping[str, Sequence[tuple[str, int]]] | None = None) -> None:
@@ -295,6 +298,14 @@ class StaticHAProxy:
             self.services = dict(services)
         self.write_config()
         self.master("reload")
+
+    def reloads(self) -> int:
+        """How many reloads the master has done (from ``show proc``)."""
+        for line in self.master("show proc").splitlines():
+            fields = line.split()
+            if len(fields) > 2 and fields[1] == "master":
+                return int(fields[2])
+        raise RuntimeError("no master line in 'show proc'")
 
     def stop(self) -> None:
         """Stop the master and its workers."""
