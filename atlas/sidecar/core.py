@@ -193,7 +193,7 @@ class Sidecar:
         path = self.proxy.config_path
         if self.source.initialized:
             with self._cond:
-                self.debouncer.take(float("inf"))
+                self.debouncer.clear()
             self._take_view()
             start_with = self.desired or Snapshot()
         elif path.exists() and self.proxy.check(path)[0]:

@@ -37,6 +37,10 @@ class Debouncer:
             return self._first  # first change after a quiet period: no added latency
         return min(self._last + self.quiet_s, self._first + self.max_s)
 
+    def clear(self) -> None:
+        """Forget pending changes (they were read another way)."""
+        self._first = self._last = None
+
     def take(self, now: float) -> bool:
         """Return True (and reset) when pending changes are due at `now`."""
         deadline = self.deadline()
