@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import requests
 from requests.models import PreparedRequest, Request, Response
+from requests.sessions import merge_setting
 from urllib3.util.retry import Retry
 
 from atlas.client.adapters import (
@@ -23,6 +24,9 @@ from atlas.client.adapters import (
 )
 from atlas.client.parallel import DEFAULT_CONCURRENCY, gather
 from atlas.client.request_id import DEFAULT_HEADER as DEFAULT_REQUEST_ID_HEADER
+
+if TYPE_CHECKING:
+    from requests.sessions import _Settings  # a TypedDict in types-requests only
 
 #: One entry of ``Session.map``: a Request, (method, url) or (method, url, kwargs).
 Call = Union[Request, tuple[str, str], tuple[str, str, Mapping[str, Any]]]  # noqa: UP007
@@ -113,6 +117,25 @@ class Session(requests.Session):
         assert prepared.url is not None and prepared.url.startswith("http://")
         prepared.url = SERVICE_SCHEME + prepared.url[len("http://") :]
         return prepared
+
+    def merge_environment_settings(
+        self, url: str | bytes | None, proxies: Any, stream: Any, verify: Any, cert: Any
+    ) -> _Settings:
+        """Like requests, but without the proxy scan of os.environ for service:// URLs."""
+        if not is_service_url(url):
+            return super().merge_environment_settings(url, proxies, stream, verify, cert)
+        # The sidecar is on loopback and never proxied (ServiceAdapter drops
+        # proxies), and the scan costs as much as HAProxy's hop on every call.
+        if self.trust_env and verify in (True, None):
+            verify = (
+                os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or verify
+            )
+        return {
+            "proxies": {},
+            "stream": merge_setting(stream, self.stream),
+            "verify": merge_setting(verify, self.verify),
+            "cert": merge_setting(cert, self.cert),
+        }
 
     def map(
         self, calls: Iterable[Call], *, concurrency: int | None = None

@@ -64,6 +64,21 @@ def test_module_functions_use_the_sidecar_from_the_environment(
     assert atlas.client.head("service://identity/x").status_code == 200
 
 
+def test_service_calls_ignore_proxy_environment(
+    make_backend: MakeBackend, make_sidecar: MakeSidecar, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = make_backend("identity")
+    proxy = make_sidecar({"identity": [backend]})
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY"):
+        monkeypatch.setenv(name, nowhere)
+    with Session(sidecar_url=proxy.url) as session:
+        assert session.get("service://identity/").status_code == 200
+        assert session.get("service://identity/", proxies={"http": nowhere}).status_code == 200
+        with pytest.raises(requests.exceptions.ProxyError):
+            session.get(backend.url, timeout=2)  # plain URLs still honour the proxy settings
+
+
 def test_service_header_is_configurable(
     make_backend: MakeBackend, make_sidecar: MakeSidecar
 ) -> None:
