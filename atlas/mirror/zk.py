@@ -106,6 +106,7 @@ class ZkMirror:
         self.dirty: set[str] = set()
         self._disconnected_since: float | None = clock()
         self._ensured_roots = False
+        self._started = False
         self.counters: dict[str, int] = {
             "syncs": 0,
             "sync_failures": 0,
@@ -129,6 +130,7 @@ class ZkMirror:
 
     def start(self, background: bool = True) -> None:
         """Connect (without blocking on it) and start the pump and watchdog threads."""
+        self._started = True
         self.client.start_async()
         if background:
             t = threading.Thread(target=self._pump, name="atlas-mirror-pump", daemon=True)
@@ -138,7 +140,8 @@ class ZkMirror:
     def connect(self, timeout: float = 15.0) -> None:
         """Block until connected (for one-shot tools and tests)."""
         deadline = time.monotonic() + timeout
-        if self.client.state != KazooState.CONNECTED:
+        if not self._started:
+            self._started = True
             self.client.start_async()
         while self.client.state != KazooState.CONNECTED:
             if time.monotonic() > deadline:
