@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from atlas.config import Settings
 from atlas.migrate import Migrator
-from atlas.stack import AtlasServer, ManagedProcess, MotoServer, ZooKeeperServer
+from atlas.stack import AtlasServer, ManagedProcess, MotoServer, ZooKeeperServer, wait_for_port
 from atlas.stack.servers import zookeeper_available
 
 EXAMPLE_PORTS = (9001, 9002)
@@ -129,6 +130,26 @@ class DevStack:
                 for port in EXAMPLE_PORTS:
                     self._api("PUT", f"/v1/services/example/instances/127.0.0.1:{port}", {})
                 self._say(f"seeded service 'example' with backends on {EXAMPLE_PORTS}")
+
+            if "ATLAS_ZK_HOSTS" in env and shutil.which("haproxy"):
+                sidecar = ManagedProcess(
+                    "sidecar",
+                    [sys.executable, "-m", "atlas.sidecar.cli", "--zk", env["ATLAS_ZK_HOSTS"],
+                     "--realm", "local", "--port", str(self.sidecar_port),
+                     "--state-dir", str(self.data_dir / "sidecar"),
+                     "--status-port", str(self.sidecar_port + 1)],
+                    logs / "sidecar.log",
+                )  # fmt: skip
+                procs.append(sidecar)
+                sidecar.start()
+                wait_for_port(self.sidecar_port, timeout=30, proc=sidecar.proc)
+                self._say(
+                    f"sidecar + HAProxy on http://127.0.0.1:{self.sidecar_port} "
+                    f"(status on :{self.sidecar_port + 1}/status); try:\n"
+                    f"    curl -H 'Atlas-Service: example' http://127.0.0.1:{self.sidecar_port}/"
+                )
+            else:
+                self._say("HAProxy or ZooKeeper missing (make deps): no sidecar")
 
             self._say(f"logs in {logs}; Ctrl-C stops everything")
             while not stop["now"]:

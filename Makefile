@@ -1,0 +1,48 @@
+# Atlas: two commands.
+#   make run   - install into .venv and run the local stack (moto, ZooKeeper, Atlas, sidecar+HAProxy)
+#   make test  - install and run every check and test (ruff, mypy, pytest with real servers)
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+DEBS   := zookeeper haproxy socat libcurator-discovery-java default-jdk-headless
+
+.PHONY: run test lint unit integration deps install bench clean
+
+deps:  ## Debian packages the stack and the tests run for real
+	@if ! command -v haproxy >/dev/null || [ ! -f /usr/share/java/zookeeper.jar ] \
+	   || [ ! -f /usr/share/java/curator-x-discovery.jar ] || ! command -v javac >/dev/null; then \
+	  echo "installing Debian packages: $(DEBS)"; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEBS); \
+	fi
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: deps $(STAMP)
+
+run: install  ## the local stack in the foreground; Ctrl-C stops everything
+	$(BIN)/atlas dev
+
+lint: $(STAMP)
+	$(BIN)/ruff check atlas tests bench migrations
+	$(BIN)/ruff format --check atlas tests bench migrations
+	$(BIN)/mypy atlas
+
+test: install lint  ## every test, starting the real servers it needs
+	$(BIN)/pytest -p no:cacheprovider
+
+unit: $(STAMP)
+	$(BIN)/pytest -p no:cacheprovider tests/unit tests/client/test_unit.py tests/sidecar/test_units.py
+
+bench: install
+	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .atlas-data .pytest_cache .mypy_cache .ruff_cache *.egg-info
