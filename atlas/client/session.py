@@ -28,6 +28,8 @@ from atlas.client.request_id import DEFAULT_HEADER as DEFAULT_REQUEST_ID_HEADER
 if TYPE_CHECKING:
     from requests.sessions import _Settings  # a TypedDict in types-requests only
 
+#: Per-call ``retries=``: a Retry, a number of retries, False/0 for none, None for the default.
+RetriesArg = Retry | int | bool | None
 #: One entry of ``Session.map``: a Request, (method, url) or (method, url, kwargs).
 Call = Union[Request, tuple[str, str], tuple[str, str, Mapping[str, Any]]]  # noqa: UP007
 
@@ -87,7 +89,7 @@ class Session(requests.Session):
         method: str | bytes,
         url: str | bytes,
         *args: Any,
-        retries: Retry | int | bool | None = None,
+        retries: RetriesArg = None,
         idempotent: bool | None = None,
         **kwargs: Any,
     ) -> Response:
@@ -97,6 +99,95 @@ class Session(requests.Session):
             return super().request(method, url, *args, **kwargs)
         finally:
             call_options.reset(token)
+
+    # The verb methods mirror requests.Session's, typed to accept the per-call options.
+    def get(
+        self,
+        url: str | bytes,
+        *,
+        retries: RetriesArg = None,
+        idempotent: bool | None = None,
+        **kwargs: Any,
+    ) -> Response:
+        """Send a GET (retried on service:// unless turned off)."""
+        kwargs.setdefault("allow_redirects", True)
+        return self.request("GET", url, retries=retries, idempotent=idempotent, **kwargs)
+
+    def options(
+        self,
+        url: str | bytes,
+        *,
+        retries: RetriesArg = None,
+        idempotent: bool | None = None,
+        **kwargs: Any,
+    ) -> Response:
+        """Send an OPTIONS request (retried on service:// unless turned off)."""
+        kwargs.setdefault("allow_redirects", True)
+        return self.request("OPTIONS", url, retries=retries, idempotent=idempotent, **kwargs)
+
+    def head(
+        self,
+        url: str | bytes,
+        *,
+        retries: RetriesArg = None,
+        idempotent: bool | None = None,
+        **kwargs: Any,
+    ) -> Response:
+        """Send a HEAD request, not following redirects by default (as requests does)."""
+        kwargs.setdefault("allow_redirects", False)
+        return self.request("HEAD", url, retries=retries, idempotent=idempotent, **kwargs)
+
+    def post(
+        self,
+        url: str | bytes,
+        data: Any = None,
+        json: Any = None,
+        *,
+        retries: RetriesArg = None,
+        idempotent: bool | None = None,
+        **kwargs: Any,
+    ) -> Response:
+        """Send a POST (never retried unless ``idempotent=True`` or an Idempotency-Key)."""
+        return self.request(
+            "POST", url, data=data, json=json, retries=retries, idempotent=idempotent, **kwargs
+        )
+
+    def put(
+        self,
+        url: str | bytes,
+        data: Any = None,
+        *,
+        retries: RetriesArg = None,
+        idempotent: bool | None = None,
+        **kwargs: Any,
+    ) -> Response:
+        """Send a PUT (retried on service:// unless turned off)."""
+        return self.request("PUT", url, data=data, retries=retries, idempotent=idempotent, **kwargs)
+
+    def patch(
+        self,
+        url: str | bytes,
+        data: Any = None,
+        *,
+        retries: RetriesArg = None,
+        idempotent: bool | None = None,
+        **kwargs: Any,
+    ) -> Response:
+        """Send a PATCH (never retried unless ``idempotent=True`` or an Idempotency-Key)."""
+        return self.request(
+            "PATCH", url, data=data, retries=retries, idempotent=idempotent, **kwargs
+        )
+
+    def delete(
+        self,
+        url: str | bytes,
+        *,
+        retries: RetriesArg = None,
+        idempotent: bool | None = None,
+        **kwargs: Any,
+    ) -> Response:
+        """Send a DELETE (retried on service:// unless turned off)."""
+        return self.request("DELETE", url, retries=retries, idempotent=idempotent, **kwargs)
 
     def prepare_request(self, request: Request) -> PreparedRequest:
         """Prepare like requests, encoding ``params`` and the path of service:// URLs too."""

@@ -297,15 +297,28 @@ class StaticHAProxy:
         if services is not None:
             self.services = dict(services)
         self.write_config()
+        before = self.reloads()
         self.master("reload")
+        # The master re-executes itself; wait until it counts the reload, so a
+        # command sent in the next breath is not lost to the old process.
+        deadline = time.monotonic() + 10
+        while self.reloads() <= before:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"HAProxy did not reload:\n{self.process.log_tail()}")
+            time.sleep(0.005)
 
-    def reloads(self) -> int:
+    def reloads(self, timeout: float = 10.0) -> int:
         """How many reloads the master has done (from ``show proc``)."""
-        for line in self.master("show proc").splitlines():
-            fields = line.split()
-            if len(fields) > 2 and fields[1] == "master":
-                return int(fields[2])
-        raise RuntimeError("no master line in 'show proc'")
+        deadline = time.monotonic() + timeout
+        while True:
+            # While the master re-executes, its CLI may accept and drop a connection.
+            for line in self.master("show proc").splitlines():
+                fields = line.split()
+                if len(fields) > 2 and fields[1] == "master":
+                    return int(fields[2])
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no answer to 'show proc':\n{self.process.log_tail()}")
+            time.sleep(0.005)
 
     def stop(self) -> None:
         """Stop the master and its workers."""
