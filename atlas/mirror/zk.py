@@ -228,14 +228,44 @@ class ZkMirror:
         """Mirror a deleted service (removes the subtree atomically)."""
         self._safely(name, lambda: self.sync_service(name))
 
-    def put_instances(self, instances: Sequence[Instance]) -> None:
-        """Mirror created or changed instances."""
-        for inst in instances:
-            self._safely(inst.service, lambda i=inst: self.sync_instance(i.service, i.id))  # type: ignore[misc]
+    def prepare_instance(self, service: str, iid: str) -> Any:
+        """Read the instance znode (and whether its service node exists) before the write."""
+        if not self.connected:
+            return None
+        client = self.client
+        path = self.layout.instance(service, iid)
+        try:
+            node = client.get_async(path)
+            parent = client.exists_async(self.layout.service(service))
+            try:
+                data, stat = node.get(timeout=self.timeout)
+                actual = {path: (data, stat.version)}
+            except NoNodeError:
+                actual = {}
+            if parent.get(timeout=self.timeout) is None:
+                return None  # the whole service must be (re)built: no shortcut
+        except ZK_ERRORS:
+            return None
+        return (client, actual)
 
-    def delete_instance(self, service: str, instance_id: str, version: int) -> None:
-        """Mirror a detached instance."""
-        self._safely(service, lambda: self.sync_instance(service, instance_id))
+    def instance_changed(
+        self, service: str, iid: str, record: Instance | None, prepared: Any
+    ) -> None:
+        """Compare-and-set the znode from the written record, else fall back to a full sync."""
+
+        def apply() -> None:
+            if prepared is not None and prepared[0] is self.client:
+                client, actual = prepared
+                path = self.layout.instance(service, iid)
+                desired = {path: instance_payload(record)} if record is not None else {}
+                try:
+                    self._commit(client, plan(desired, actual).ops)
+                    return
+                except MirrorConflict:
+                    self.counters["cas_retries"] += 1
+            self.sync_instance(service, iid)
+
+        self._safely(service, apply)
 
     # -------------------------------------------------------------- syncing
 

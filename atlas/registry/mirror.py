@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, Protocol
 
 from atlas.registry.records import Instance, Service
@@ -17,11 +16,13 @@ class Mirror(Protocol):
     def delete_service(self, name: str) -> None:
         """Remove the service node and everything under it."""
 
-    def put_instances(self, instances: Sequence[Instance]) -> None:
-        """Create or update instance nodes."""
+    def prepare_instance(self, service: str, instance_id: str) -> Any:
+        """Called before an instance write; whatever it returns is passed to instance_changed."""
 
-    def delete_instance(self, service: str, instance_id: str, version: int) -> None:
-        """Remove one instance node."""
+    def instance_changed(
+        self, service: str, instance_id: str, record: Instance | None, prepared: Any
+    ) -> None:
+        """An instance was written (record) or detached (None)."""
 
     def status(self) -> dict[str, Any]:
         """Mirror state for /v1/info and /readyz."""
@@ -36,10 +37,13 @@ class NullMirror:
     def delete_service(self, name: str) -> None:
         """Do nothing."""
 
-    def put_instances(self, instances: Sequence[Instance]) -> None:
-        """Do nothing."""
+    def prepare_instance(self, service: str, instance_id: str) -> Any:
+        """Nothing to prepare."""
+        return None
 
-    def delete_instance(self, service: str, instance_id: str, version: int) -> None:
+    def instance_changed(
+        self, service: str, instance_id: str, record: Instance | None, prepared: Any
+    ) -> None:
         """Do nothing."""
 
     def status(self) -> dict[str, Any]:

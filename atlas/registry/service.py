@@ -68,7 +68,12 @@ def decode_cursor(cursor: str, key_names: tuple[str, ...]) -> dict[str, Any]:
     if not isinstance(key, dict) or set(key) != set(key_names):
         raise bad
     for value in key.values():
-        if not (isinstance(value, dict) and set(value) == {"S"} and isinstance(value["S"], str)):
+        if not (
+            isinstance(value, dict)
+            and set(value) == {"S"}
+            and isinstance(value["S"], str)
+            and value["S"]
+        ):
             raise bad
     return key
 
@@ -128,6 +133,22 @@ class Registry:
 
     def _now(self) -> str:
         return _iso(self.clock())
+
+    def _prepare(self, service: str, iid: str) -> Any:
+        # The mirror reads the znode before the DynamoDB write, so that its compare-and-set
+        # after the write can use the written record instead of reading DynamoDB again.
+        try:
+            return self.mirror.prepare_instance(service, iid)
+        except Exception:
+            log.exception("mirror prepare failed; the write goes on")
+            return None
+
+    def _instance_changed(
+        self, service: str, iid: str, record: Instance | None, prepared: Any
+    ) -> None:
+        self._mirror(
+            "instance_changed", self.mirror.instance_changed, service, iid, record, prepared
+        )
 
     def _mirror(self, action: str, fn: Callable[..., None], *args: Any) -> None:
         # DynamoDB already has the write; a mirror failure is repaired by the reconciler.
@@ -193,7 +214,10 @@ class Registry:
         with _store("listing services"):
             items = list(
                 self.models.Service.scan(
-                    limit=limit + 1, page_size=limit + 1, last_evaluated_key=start
+                    limit=limit + 1,
+                    page_size=limit + 1,
+                    last_evaluated_key=start,
+                    consistent_read=True,
                 )
             )
         next_cursor = None
@@ -334,6 +358,7 @@ class Registry:
             )
             if existing is not None:
                 m.version = existing.version
+            prepared = self._prepare(service, iid)
             try:
                 with (
                     _store("attaching the instance"),
@@ -360,20 +385,29 @@ class Registry:
                     continue
                 raise
             record = self.instance_record(m)
-            self._mirror("put_instances", self.mirror.put_instances, [record])
+            self._instance_changed(service, iid, record, prepared)
             return record, existing is None
         raise Conflict(f"instance {iid} kept changing; retry")
 
     def list_instances(self, service: str, limit: int, cursor: str | None = None) -> Page:
         """One page of a service's instances, ordered by id."""
-        self._load_service(service)
         start = decode_cursor(cursor, ("service", "instance_id")) if cursor else None
+        if start is not None and start["service"]["S"] != service:
+            raise ValidationFailed(
+                "cursor belongs to another listing", {"cursor": ["Not a cursor of this listing."]}
+            )
         with _store("listing instances"):
             items = list(
                 self.models.Instance.query(
-                    service, limit=limit + 1, page_size=limit + 1, last_evaluated_key=start
+                    service,
+                    limit=limit + 1,
+                    page_size=limit + 1,
+                    last_evaluated_key=start,
+                    consistent_read=True,
                 )
             )
+        if not items:
+            self._load_service(service)  # an empty page of a missing service is a 404
         next_cursor = None
         if len(items) > limit:
             items = items[:limit]
@@ -397,21 +431,66 @@ class Registry:
         changes: Mapping[str, Any],
         if_match: int | None = None,
     ) -> Instance:
+        if "disabled_reason" in changes and "enabled" not in changes:
+            # Whether the reason sticks depends on the stored `enabled`: read, then write.
+            return self._modify_instance_read_write(service, iid, changes, if_match)
+        model = self.models.Instance
+        actions: list[Any] = []
+        for key in INSTANCE_FIELDS:
+            if key not in changes:
+                continue
+            attr = getattr(model, key)
+            value = changes[key]
+            if key == "labels":
+                actions.append(attr.set(dict(value or {})))
+            elif value is None:
+                actions.append(attr.remove())
+            else:
+                actions.append(attr.set(value))
+        if changes.get("enabled") is True:
+            actions.append(model.disabled_reason.remove())
+        actions += [model.updated_at.set(self._now()), model.version.add(1)]
+        condition = model.service.exists()
+        if if_match is not None:
+            condition &= model.version == if_match
+        prepared = self._prepare(service, iid)
+        with _store("updating the instance"):
+            try:
+                raw = model._get_connection().update_item(
+                    service, iid, actions=actions, condition=condition, return_values="ALL_NEW"
+                )
+            except PynamoDBException as exc:
+                if not _conditional(exc):
+                    raise
+                if self._get_instance_model(service, iid) is None:
+                    self._load_service(service)
+                    raise NotFound(f"instance {iid} of {service!r} does not exist") from None
+                raise PreconditionFailed(f"instance {iid} is not at version {if_match}") from None
+        record = self.instance_record(model.from_raw_data(raw["Attributes"]))
+        self._instance_changed(service, iid, record, prepared)
+        return record
+
+    def _modify_instance_read_write(
+        self,
+        service: str,
+        iid: str,
+        changes: Mapping[str, Any],
+        if_match: int | None = None,
+    ) -> Instance:
         for _ in range(MAX_RACE_RETRIES):
             m = self._get_instance_model(service, iid)
             if m is None:
                 self._load_service(service)
                 raise NotFound(f"instance {iid} of {service!r} does not exist")
             if if_match is not None and int(m.version) != if_match:
-                raise PreconditionFailed(
-                    f"instance {iid} is at version {m.version}, not {if_match}"
-                )
+                raise PreconditionFailed(f"instance {iid} is not at version {if_match}")
             for key in INSTANCE_FIELDS:
                 if key in changes:
                     setattr(m, key, dict(changes[key] or {}) if key == "labels" else changes[key])
             if m.enabled:
                 m.disabled_reason = None
             m.updated_at = self._now()
+            prepared = self._prepare(service, iid)
             with _store("updating the instance"):
                 try:
                     m.save(condition=self.models.Instance.service.exists())
@@ -422,7 +501,7 @@ class Registry:
                         raise PreconditionFailed(f"instance {iid} changed concurrently") from None
                     continue
             record = self.instance_record(m)
-            self._mirror("put_instances", self.mirror.put_instances, [record])
+            self._instance_changed(service, iid, record, prepared)
             return record
         raise Conflict(f"instance {iid} kept changing; retry")
 
@@ -448,6 +527,7 @@ class Registry:
             raise NotFound(f"instance {iid} of {service!r} does not exist")
         if if_match is not None and int(m.version) != if_match:
             raise PreconditionFailed(f"instance {iid} is at version {m.version}, not {if_match}")
+        prepared = self._prepare(service, iid)
         with _store("detaching the instance"):
             try:
                 m.delete(add_version_condition=if_match is not None)
@@ -455,14 +535,12 @@ class Registry:
                 if _conditional(exc):
                     raise PreconditionFailed(f"instance {iid} changed concurrently") from None
                 raise
-        self._mirror(
-            "delete_instance", self.mirror.delete_instance, service, iid, int(m.version) + 1
-        )
+        self._instance_changed(service, iid, None, prepared)
 
     # ------------------------------------------------------------------- hosts
 
     def host_instances(self, host: str) -> list[Instance]:
-        """Every instance on a host, across services."""
+        """Every instance on a host, across services (a GSI: eventually consistent)."""
         with _store("listing the host's instances"):
             return [self.instance_record(m) for m in self.models.Instance.by_host.query(host)]
 

@@ -131,8 +131,6 @@ def test_wiped_zookeeper_is_rebuilt_without_restarting_atlas(
         wait_until(lambda: mirrored(zk.address, moto_server, realm), timeout=60, what="rebuild")
         info = api.get("/v1/info").json()["mirror"]
         assert info["connected"] is True
-        # the old session was refused by the empty server; a fresh client got in
-        assert info["client_recreated"] >= 1
         # and the write path works again on the new session
         api.patch("/v1/services/billing/instances/10.3.0.1:80", json={"enabled": False})
         wait_until(lambda: mirrored(zk.address, moto_server, realm), what="post-rebuild write")
