@@ -48,7 +48,9 @@ def start_zk() -> ZooKeeperServer:
     return z
 
 
-def start_atlas(moto: MotoServer, realm: str, workers: int = 2, threads: int = 4, **env: str) -> AtlasServer:
+def start_atlas(
+    moto: MotoServer, realm: str, workers: int = 2, threads: int = 4, **env: str
+) -> AtlasServer:
     """Migrate a realm and start Atlas under gunicorn."""
     full = {
         "ATLAS_REALM": realm,
@@ -79,14 +81,20 @@ def summary(samples: list[float]) -> str:
     return f"p50 {pct(ms, 50):7.2f} ms  p99 {pct(ms, 99):7.2f} ms  mean {statistics.mean(ms):7.2f} ms  n={len(ms)}"
 
 
-def wrk(url: str, seconds: int = 8, connections: int = 32, threads: int = 2, headers: dict[str, str] | None = None) -> float:
+def wrk(
+    url: str,
+    seconds: int = 8,
+    connections: int = 32,
+    threads: int = 2,
+    headers: dict[str, str] | None = None,
+) -> float:
     """Requests per second measured by wrk (Debian's package)."""
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is required: apt-get install wrk (make deps installs it)")
     cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency"]
     for k, v in (headers or {}).items():
         cmd += ["-H", f"{k}: {v}"]
-    out = subprocess.run(cmd + [url], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
     for line in out.splitlines():
         if line.startswith("Requests/sec:"):
             return float(line.split()[1])

@@ -14,12 +14,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import requests  # noqa: E402
+import requests
 
-from atlas.config import Settings  # noqa: E402
-from atlas.registry import Registry, build_models_for  # noqa: E402
-from atlas.stack import AtlasServer  # noqa: E402
-from bench._stack import ADMIN, WORKDIR, _stop, start_atlas, start_moto, wrk  # noqa: E402
+from atlas.config import Settings
+from atlas.registry import Registry, build_models_for
+from atlas.stack import AtlasServer
+from bench._stack import ADMIN, WORKDIR, _stop, start_atlas, start_moto, wrk
 
 WORKERS, THREADS = 2, 4
 
@@ -73,7 +73,9 @@ def main() -> None:
     print(f"gunicorn gthread {WORKERS} workers x {THREADS} threads, wrk 2 threads x 32 connections")
     print(f"hello-world flask-restful      {hello_rps:9.0f} req/s")
     print(f"Atlas GET instances (20)       {atlas_rps:9.0f} req/s")
-    print(f"DynamoDB endpoint alone        {raw_rps:9.0f} queries/s (registry.list_instances, same concurrency)")
+    print(
+        f"DynamoDB endpoint alone        {raw_rps:9.0f} queries/s (registry.list_instances, same concurrency)"
+    )
     print(f"Atlas GET one service          {get_rps:9.0f} req/s (one GetItem)")
     print(f"ratio Atlas / hello-world      {atlas_rps / hello_rps:9.2f}   (goal >= 0.7)")
     print(f"ratio GET service / hello      {get_rps / hello_rps:9.2f}")

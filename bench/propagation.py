@@ -15,10 +15,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import requests  # noqa: E402
-from kazoo.client import KazooClient  # noqa: E402
+import requests
+from kazoo.client import KazooClient
 
-from bench._stack import ADMIN, pct, start_atlas, start_moto, start_zk, summary  # noqa: E402
+from bench._stack import ADMIN, pct, start_atlas, start_moto, start_zk, summary
 
 N = 200
 

@@ -13,14 +13,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kazoo.client import KazooClient  # noqa: E402
+from kazoo.client import KazooClient
 
-from atlas.config import Settings  # noqa: E402
-from atlas.migrate import Migrator  # noqa: E402
-from atlas.mirror import Layout, ZkMirror  # noqa: E402
-from atlas.mirror.payloads import desired_tree  # noqa: E402
-from atlas.registry import Registry, build_models_for  # noqa: E402
-from bench._stack import ADMIN, start_moto, start_zk  # noqa: E402
+from atlas.config import Settings
+from atlas.migrate import Migrator
+from atlas.mirror import Layout, ZkMirror
+from atlas.mirror.payloads import desired_tree
+from atlas.registry import Registry, build_models_for
+from bench._stack import ADMIN, start_moto, start_zk
 
 SERVICES, PER = 1000, 10
 
@@ -46,7 +46,9 @@ def main() -> None:
                                            host=f"10.{s // 250}.{s % 250}.{i}", port=8000,
                                            enabled=True, weight=100, labels={}, created_at=now,
                                            updated_at=now, version=1))  # fmt: skip
-    print(f"loaded {SERVICES} services x {PER} instances into DynamoDB in {time.perf_counter() - t:.1f} s")
+    print(
+        f"loaded {SERVICES} services x {PER} instances into DynamoDB in {time.perf_counter() - t:.1f} s"
+    )
 
     registry = Registry(models)
     mirror = ZkMirror(zk.address, "rebuild", timeout=10)
@@ -91,7 +93,9 @@ def main() -> None:
 
     print(f"znodes per rebuild            {nodes} (raw: {len(payloads)})")
     print(f"raw kazoo bulk create         {raw_s:7.2f} s")
-    print(f"Atlas reconcile (empty ZK)    {atlas_s:7.2f} s  (of which a DynamoDB scan ~{scan_s:.2f} s)")
+    print(
+        f"Atlas reconcile (empty ZK)    {atlas_s:7.2f} s  (of which a DynamoDB scan ~{scan_s:.2f} s)"
+    )
     print(f"ratio                         {atlas_s / raw_s:7.2f}x  (goal <= 2x)")
     print(f"ratio without the scan        {(atlas_s - scan_s) / raw_s:7.2f}x")
 

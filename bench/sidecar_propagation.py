@@ -6,6 +6,8 @@ Measures, p50/p99:
   disable:      `set` enabled=false → HAProxy has the server in maintenance (runtime API)
   new instance: `create` an instance of an existing service → HAProxy has it ready (runtime)
   new service:  `create` service + instance → a request with its header answers 200 (reload)
+  API disable:  start of `PATCH /v1/services/{s}/instances/{id}` {"enabled": false} through a
+                real Atlas (gunicorn, moto server, same ZooKeeper) → HAProxy has it in maintenance
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import argparse
 import json
 import logging
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -29,6 +32,9 @@ from atlas.sidecar.haproxy import HAProxy
 from atlas.sidecar.render import RenderOptions
 from atlas.sidecar.watch import ZooKeeperSource
 from atlas.stack import ZooKeeperServer, free_port
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench._stack import ADMIN, start_atlas, start_moto
 
 REALM = "bench"
 ROOT = f"/atlas/{REALM}/services"
@@ -167,6 +173,37 @@ def main() -> None:
             except urllib.error.HTTPError:
                 return False
 
+        # Through the API: register service "api-p" with both backends, then PATCH.
+        moto = start_moto()
+        atlas = start_atlas(moto, REALM, ATLAS_ZK_HOSTS=zk.address)
+        import requests
+
+        http = requests.Session()
+        http.headers["Authorization"] = f"Bearer {ADMIN}"
+        http.post(f"{atlas.url}/v1/services", json={"name": "api-p"}, timeout=10)
+        for port_ in (a, b):
+            http.put(f"{atlas.url}/v1/services/api-p/instances/127.0.0.1:{port_}", json={},
+                     timeout=10)  # fmt: skip
+        wait(lambda: answers("api-p"))
+
+        def api_state(server: str) -> str | None:
+            for line in proxy.admin("show servers state api-p").splitlines()[2:]:
+                f = line.split()
+                if len(f) > 6 and f[3] == server:
+                    return f[6]
+            return None
+
+        api_disable: list[float] = []
+        url = f"{atlas.url}/v1/services/api-p/instances/127.0.0.1:{a}"
+        for _ in range(args.n):
+            time.sleep(quiet)
+            t0 = time.perf_counter()
+            http.patch(url, json={"enabled": False}, timeout=10).raise_for_status()
+            wait(lambda: (api_state(server) or "0") not in ("0",))
+            api_disable.append(time.perf_counter() - t0)
+            http.patch(url, json={"enabled": True}, timeout=10).raise_for_status()
+            wait(lambda: api_state(server) == "0")
+
         new_service: list[float] = []
         reloads0 = sc.status.reloads
         for i in range(args.services):
@@ -188,6 +225,7 @@ def main() -> None:
             ("disable instance (runtime API)", disable),
             ("new instance (runtime API)", added),
             ("new service (reload)", new_service),
+            ("API PATCH disable -> HAProxy", api_disable),
         ]:
             print(f"{name:<34}{pct(xs, 50):9.2f}{pct(xs, 99):9.2f}{pct(xs, 50) / p50raw:10.1f}x")
         print(

@@ -37,9 +37,7 @@ StartAtlas = Callable[..., AtlasServer]
 
 
 @pytest.fixture
-def start_atlas(
-    moto_server: MotoServer, tmp_path: Path
-) -> Iterator[StartAtlas]:
+def start_atlas(moto_server: MotoServer, tmp_path: Path) -> Iterator[StartAtlas]:
     """Start (migrated) Atlas servers for a test; all are stopped at teardown."""
     started: list[AtlasServer] = []
 

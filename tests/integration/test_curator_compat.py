@@ -53,7 +53,9 @@ def test_curator_lists_instances_with_enabled_flags(
     lines = sorted(run.stdout.split("\n")[:-1])
     from datetime import datetime
 
-    created_ms = int(datetime.fromisoformat(a["created_at"].replace("Z", "+00:00")).timestamp() * 1000)
+    created_ms = int(
+        datetime.fromisoformat(a["created_at"].replace("Z", "+00:00")).timestamp() * 1000
+    )
     assert lines[0] == f"identity 10.0.0.1:8000 10.0.0.1 8000 true STATIC {created_ms}"
     assert lines[1].startswith("identity 10.0.0.2:8000 10.0.0.2 8000 false STATIC ")
     assert lines[2].startswith("teams app-3.internal:9000 app-3.internal 9000 true STATIC ")

@@ -9,8 +9,8 @@ from typing import Any
 from kazoo.client import KazooClient
 
 from atlas.config import Settings
-from atlas.mirror import ZkMirror
 from atlas.migrate import Migrator
+from atlas.mirror import ZkMirror
 from atlas.registry import Registry, build_models_for
 from atlas.stack import MotoServer, ZooKeeperServer, free_port
 from tests.helpers import ApiClient, wait_until
@@ -49,7 +49,9 @@ def test_session_expiry_is_survived(
         registry.put_instance("expiry", "10.6.0.2", 80, {})
         # ...and both the old and the new state end up mirrored.
         wait_until(lambda: mirror.connected, what="new session")
-        wait_until(lambda: mirrored(zk_server.address, moto_server, realm), what="mirror after expiry")
+        wait_until(
+            lambda: mirrored(zk_server.address, moto_server, realm), what="mirror after expiry"
+        )
     finally:
         mirror.stop()
 

@@ -40,7 +40,12 @@ def zk_tree(hosts: str, realm: str) -> dict[str, dict[str, Any]]:
 
 def truth_tree(dynamodb_endpoint: str, realm: str) -> dict[str, dict[str, Any]]:
     """What the mirror must hold, computed from DynamoDB with the layout's pure functions."""
-    settings = Settings(realm=realm, dynamodb_endpoint=dynamodb_endpoint, auth_disabled=realm == "local", admin_tokens=("x" * 16,))
+    settings = Settings(
+        realm=realm,
+        dynamodb_endpoint=dynamodb_endpoint,
+        auth_disabled=realm == "local",
+        admin_tokens=("x" * 16,),
+    )
     reg = Registry(build_models_for(settings))
     layout = Layout(realm)
     instances = reg.scan_instances()

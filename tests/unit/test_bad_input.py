@@ -114,7 +114,9 @@ def test_non_object_json_is_422(client: Client) -> None:
 
 
 def test_non_json_content_type_is_415(client: Client) -> None:
-    resp = client.post("/v1/services", data="name=api", content_type="application/x-www-form-urlencoded")
+    resp = client.post(
+        "/v1/services", data="name=api", content_type="application/x-www-form-urlencoded"
+    )
     assert_problem(resp, 415, "Content-Type")
     assert no_services(client)
 
