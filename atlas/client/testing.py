@@ -269,18 +269,20 @@ class StaticHAProxy:
         """Send one command to the master CLI and return its answer."""
         deadline = time.monotonic() + timeout
         while True:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                sock.settimeout(timeout)
-                sock.connect(str(self.master_socket))
-                break
-            except (ConnectionRefusedError, FileNotFoundError):
-                # The master re-executes itself on reload; its socket is back within ms.
-                sock.close()
+                return self._master_once(command, timeout)
+            except (ConnectionRefusedError, FileNotFoundError, BrokenPipeError):
+                # Around a reload the master re-executes itself: its socket is
+                # missing, refuses, or accepts and drops us before reading the
+                # command. It is back within milliseconds.
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.01)
-        with sock:
+
+    def _master_once(self, command: str, timeout: float) -> str:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(self.master_socket))
             sock.sendall(command.encode() + b"\n")
             # The master CLI answers only once it sees end of input.
             sock.shutdown(socket.SHUT_WR)

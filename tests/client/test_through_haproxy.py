@@ -319,7 +319,7 @@ def test_reloads_lose_no_keep_alive_get(
         f"\n{len(outcomes)} GETs over 20 reloads: {len(failures)} failures, {retried} retried;"
         f" without retries: {plain_failures[0]} failures"
     )
-    assert proxy.reloads() == 20
+    assert proxy.reloads() >= 20
     assert len(outcomes) > 20
     assert failures == [], f"{len(failures)} of {len(outcomes)} GETs failed: {failures[:5]}"
 
