@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -65,6 +65,9 @@ class Source(Protocol):
 
     def scan_instances(self) -> dict[str, list[Instance]]:
         """Every instance, by service."""
+
+    def iter_instances(self) -> Iterator[Instance]:
+        """Every instance, streamed in scan order."""
 
 
 def make_client(hosts: str, timeout: float) -> KazooClient:
@@ -394,15 +397,10 @@ class ZkMirror:
         # and our CAS fails, so a stale DynamoDB read can never overwrite a newer znode.
         actual = self._read_tree(client)
         services = {s.name: s for s in self.source.scan_services()}
-        instances = self.source.scan_instances()
         found = {"missing": 0, "stale": 0, "extra": 0}
         pending: list[tuple[str, Plan, Any]] = []
-        for name in sorted(set(services) | set(actual) | set(instances)):
-            svc = services.get(name)
-            desired = desired_tree(self.layout, svc, instances.get(name, [])) if svc else {}
-            p = plan(desired, actual.get(name, {}))
-            if not p.ops:
-                continue
+
+        def submit(name: str, p: Plan) -> None:
             found["missing"] += p.missing
             found["stale"] += p.stale
             found["extra"] += p.extra
@@ -415,6 +413,49 @@ class ZkMirror:
                 else:
                     tx.delete(op.path, version=op.version)
             pending.append((name, p, tx.commit_async()))
+
+        def diff(name: str, instances: list[Instance]) -> Plan:
+            svc = services.get(name)
+            desired = desired_tree(self.layout, svc, instances) if svc else {}
+            return plan(desired, actual.get(name, {}))
+
+        # Stream the instance scan and commit a service's transaction as soon as its items are
+        # complete, so ZooKeeper writes overlap the scan. A scan returns one partition key's
+        # items together; a plan that deletes waits for the end of the scan anyway, and a
+        # service that shows up twice is re-synced on its own, so no live node is ever
+        # removed on a partial view.
+        seen: set[str] = set()
+        reopened: set[str] = set()
+        deferred: dict[str, Plan] = {}
+        current: str | None = None
+        group: list[Instance] = []
+
+        def close(name: str | None, instances: list[Instance]) -> None:
+            if name is None:
+                return
+            if name in seen:
+                reopened.add(name)
+                return
+            seen.add(name)
+            p = diff(name, instances)
+            if p.extra:
+                deferred[name] = p
+            elif p.ops:
+                submit(name, p)
+
+        for inst in self.source.iter_instances():
+            if inst.service != current:
+                close(current, group)
+                current, group = inst.service, []
+            group.append(inst)
+        close(current, group)
+        for name, p in deferred.items():
+            if name not in reopened:
+                submit(name, p)
+        for name in sorted((set(services) | set(actual)) - seen):
+            p = diff(name, [])
+            if p.ops:
+                submit(name, p)
         fixed = 0
         retry: list[str] = []
         for name, p, result in pending:
@@ -423,12 +464,17 @@ class ZkMirror:
                 retry.append(name)
             else:
                 fixed += len(p.ops)
-        for name in retry:  # a write raced us, or junk under a node: redo that service alone
+        for name in retry + sorted(reopened):  # raced, junk under a node, or split by the scan
             try:
-                fixed += len(self.sync_service(name).ops)
+                p = self.sync_service(name)
             except MirrorConflict:
                 self._drop_junk(client, name)
-                fixed += len(self.sync_service(name).ops)
+                p = self.sync_service(name)
+            fixed += len(p.ops)
+            if name in reopened:
+                found["missing"] += p.missing
+                found["stale"] += p.stale
+                found["extra"] += p.extra
         drift = sum(found.values())
         with self._lock:
             self.dirty.difference_update(dirty_before)

@@ -281,14 +281,36 @@ class Registry:
                 raise
 
     def has_children(self, name: str) -> bool:
-        """True while the service has instances (config joins in a later issue)."""
+        """True while the service has instances or config keys that are not deleted."""
         with _store("checking the service's instances"):
-            return (
-                next(iter(self.models.Instance.query(name, limit=1, page_size=1)), None) is not None
-            )
+            if next(iter(self.models.Instance.query(name, limit=1, page_size=1)), None) is not None:
+                return True
+        with _store("checking the service's config"):
+            return any(not m.deleted for m in self.models.Config.query(name, consistent_read=True))
+
+    def _purge_config_and_tokens(self, name: str) -> None:
+        # Config history and tokens go with the service: a later service of the same name
+        # must not inherit old secrets or accept old tokens.
+        with _store("deleting the service's config"):
+            keys = [m.key for m in self.models.Config.query(name, consistent_read=True)]
+            for key in keys:
+                versions = list(
+                    self.models.ConfigHistory.query(f"{name}/{key}", consistent_read=True)
+                )
+                with self.models.ConfigHistory.batch_write() as batch:
+                    for h in versions:
+                        batch.delete(h)
+            with self.models.Config.batch_write() as batch:
+                for key in keys:
+                    batch.delete(self.models.Config(name, key))
+        with _store("deleting the service's tokens"):
+            tokens = list(self.models.Token.by_service.query(name))
+            with self.models.Token.batch_write() as batch:
+                for t in tokens:
+                    batch.delete(t)
 
     def delete_service(self, name: str, cascade: bool = False, if_match: int | None = None) -> None:
-        """Delete a service; 409 while it has instances unless cascade."""
+        """Delete a service; 409 while it has instances or config unless cascade."""
         m = self._load_service(name)
         if if_match is not None and int(m.version) != if_match:
             raise PreconditionFailed(f"service {name!r} is at version {m.version}, not {if_match}")
@@ -297,11 +319,13 @@ class Registry:
         if self.has_children(name) and not cascade:
             self._set_deleting(name, False, None)
             raise Conflict(
-                f"service {name!r} still has instances; detach them or use ?cascade=true"
+                f"service {name!r} still has instances or config; "
+                "detach and delete them or use ?cascade=true"
             )
         with _store("deleting the service's instances"):
             for inst in self.models.Instance.query(name, consistent_read=True):
                 inst.delete(add_version_condition=False)
+        self._purge_config_and_tokens(name)
         with _store("deleting the service"):
             self.models.Service(name).delete(add_version_condition=False)
         self._mirror("delete_service", self.mirror.delete_service, name)
@@ -582,12 +606,17 @@ class Registry:
         with _store("scanning services"):
             return [self.service_record(m) for m in self.models.Service.scan(consistent_read=True)]
 
+    def iter_instances(self) -> Iterator[Instance]:
+        """Every instance of the realm, streamed in scan order (consistent scan)."""
+        with _store("scanning instances"):
+            for m in self.models.Instance.scan(consistent_read=True):
+                yield self.instance_record(m)
+
     def scan_instances(self) -> dict[str, list[Instance]]:
         """Every instance of the realm, grouped by service (consistent scan)."""
         out: dict[str, list[Instance]] = {}
-        with _store("scanning instances"):
-            for m in self.models.Instance.scan(consistent_read=True):
-                out.setdefault(m.service, []).append(self.instance_record(m))
+        for inst in self.iter_instances():
+            out.setdefault(inst.service, []).append(inst)
         return out
 
     # ------------------------------------------------------------------ health
@@ -595,7 +624,7 @@ class Registry:
     def check_store(self) -> None:
         """Raise Unavailable unless every table answers."""
         with _store("the readiness check"):
-            for model in (self.models.Service, self.models.Instance):
+            for model in self.models.all():
                 model.describe_table()
 
 
