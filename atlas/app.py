@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import time
 from collections.abc import Mapping
@@ -19,6 +20,10 @@ from atlas.errors import AtlasError
 from atlas.metrics import Metrics
 from atlas.mirror import Reconciler, ZkMirror
 from atlas.registry import Mirror, Registry, build_models_for
+from atlas.registry.audit import AuditLog
+from atlas.registry.config import ConfigStore
+from atlas.registry.crypto import Sealer, sealer_for
+from atlas.registry.tokens import TokenStore
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +47,7 @@ class AtlasExtension:
         settings: Settings,
         registry: Registry | None = None,
         mirror: Mirror | None = None,
+        sealer: Sealer | None = None,
     ) -> None:
         """Bind to an app: build models and the registry unless they are injected."""
         self.settings = settings
@@ -61,12 +67,17 @@ class AtlasExtension:
             mirror.start()
         if self.reconciler is not None:
             self.reconciler.start()
-        self.authenticator = Authenticator(settings)
+        self.config = ConfigStore(registry, sealer or sealer_for(settings), settings.realm)
+        self.tokens = TokenStore(registry, cache_s=settings.token_cache_s)
+        self.audit = AuditLog(registry, queue_size=settings.audit_queue_size)
+        self.authenticator = Authenticator(settings, self.tokens)
+        atexit.register(self.audit.flush)
         app.extensions["atlas"] = self
         self.metrics.init_app(app)
 
     def close(self) -> None:
         """Stop background threads and ZooKeeper sessions (tests, shutdown)."""
+        self.audit.close()
         if self.reconciler is not None:
             self.reconciler.stop()
         if isinstance(self.mirror, ZkMirror):

@@ -64,6 +64,14 @@ class Settings:
     page_limit_default: int = field(default=100, metadata={"env": "ATLAS_PAGE_LIMIT_DEFAULT"})
     page_limit_max: int = field(default=1000, metadata={"env": "ATLAS_PAGE_LIMIT_MAX"})
     log_level: str = field(default="INFO", metadata={"env": "ATLAS_LOG_LEVEL"})
+    key_provider: str = field(default="kms", metadata={"env": "ATLAS_KEY_PROVIDER"})
+    kms_endpoint: str = field(default="", metadata={"env": "ATLAS_KMS_ENDPOINT"})
+    kms_key_id: str = field(default="", metadata={"env": "ATLAS_KMS_KEY_ID"})
+    kms_create_key: bool = field(default=True, metadata={"env": "ATLAS_KMS_CREATE_KEY"})
+    master_key_file: str = field(default="", metadata={"env": "ATLAS_MASTER_KEY_FILE"})
+    data_key_cache_s: float = field(default=300.0, metadata={"env": "ATLAS_DATA_KEY_CACHE_S"})
+    token_cache_s: float = field(default=0.0, metadata={"env": "ATLAS_TOKEN_CACHE_S"})
+    audit_queue_size: int = field(default=10_000, metadata={"env": "ATLAS_AUDIT_QUEUE_SIZE"})
 
     def __post_init__(self) -> None:
         if not REALM_RE.match(self.realm):
@@ -96,6 +104,21 @@ class Settings:
             )
         if self.page_limit_default > self.page_limit_max:
             raise ConfigError("ATLAS_PAGE_LIMIT_DEFAULT: must not exceed ATLAS_PAGE_LIMIT_MAX")
+        if self.key_provider not in {"kms", "local"}:
+            raise ConfigError(
+                f"ATLAS_KEY_PROVIDER: expected 'kms' or 'local', got {self.key_provider!r}"
+            )
+        if self.key_provider == "local" and not self.master_key_file:
+            raise ConfigError(
+                "ATLAS_MASTER_KEY_FILE: required with ATLAS_KEY_PROVIDER=local "
+                "(a file holding 32 random bytes, base64-encoded)"
+            )
+        if self.kms_endpoint and not re.match(r"^https?://", self.kms_endpoint):
+            raise ConfigError(
+                f"ATLAS_KMS_ENDPOINT: expected an http(s) URL, got {self.kms_endpoint!r}"
+            )
+        if not self.kms_key_id:
+            object.__setattr__(self, "kms_key_id", f"alias/atlas-{self.realm}")
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ConfigError(
                 f"ATLAS_LOG_LEVEL: expected DEBUG/INFO/WARNING/ERROR, got {self.log_level!r}"
@@ -105,6 +128,11 @@ class Settings:
     def zk_root(self) -> str:
         """The realm's ZooKeeper root, `/atlas/<realm>`."""
         return f"/atlas/{self.realm}"
+
+    @property
+    def kms_endpoint_url(self) -> str | None:
+        """Where KMS answers: ATLAS_KMS_ENDPOINT, else the DynamoDB endpoint (moto serves both)."""
+        return self.kms_endpoint or self.dynamodb_endpoint or None
 
     def with_overrides(self, **changes: Any) -> Settings:
         """Return a copy with some fields changed (validated again)."""
@@ -130,6 +158,10 @@ class Settings:
                 values[f.name] = _parse_int(name, raw, 1, 10_000)
             elif f.name in {"zk_timeout_s", "reconcile_interval_s"}:
                 values[f.name] = _parse_float(name, raw, 0.1, 86_400.0)
+            elif f.name in {"data_key_cache_s", "token_cache_s"}:
+                values[f.name] = _parse_float(name, raw, 0.0, 86_400.0)
+            elif f.name == "audit_queue_size":
+                values[f.name] = _parse_int(name, raw, 1, 1_000_000)
             else:
                 values[f.name] = raw.strip()
         values.update(overrides)

@@ -131,6 +131,14 @@ class Unavailable(AtlasError):
     title = "Service unavailable"
 
 
+class SecretUnreadable(AtlasError):
+    """A stored secret failed its integrity check or its key could not be unwrapped."""
+
+    status = 500
+    slug = "secret-unreadable"
+    title = "Secret cannot be decrypted"
+
+
 HTTP_ERRORS: dict[int, type[AtlasError]] = {
     cls.status: cls
     for cls in (

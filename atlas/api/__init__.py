@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from flask import Flask, g, request
+from flask import Flask, Response, g, request
 from flask_restful import Api
 
+from atlas.api import config_resources as c
 from atlas.api import resources as r
+from atlas.api.auth import TOPOLOGY
 from atlas.api.problems import problem_response
+
+log = logging.getLogger(__name__)
 
 
 class ProblemApi(Api):
@@ -36,6 +41,12 @@ def init_api(app: Flask) -> ProblemApi:
     api.add_resource(r.HostDisable, "/v1/hosts/<string:host>/disable")
     api.add_resource(r.HostEnable, "/v1/hosts/<string:host>/enable")
     api.add_resource(r.Info, "/v1/info")
+    api.add_resource(c.ConfigDoc, "/v1/services/<string:name>/config")
+    api.add_resource(c.ConfigItem, "/v1/services/<string:name>/config/<string:key>")
+    api.add_resource(c.ConfigVersions, "/v1/services/<string:name>/config/<string:key>/versions")
+    api.add_resource(c.TokenList, "/v1/services/<string:name>/tokens")
+    api.add_resource(c.TokenItem, "/v1/services/<string:name>/tokens/<string:token_id>")
+    api.add_resource(c.AuditList, "/v1/audit")
 
     @app.before_request
     def authenticate() -> None:
@@ -43,7 +54,50 @@ def init_api(app: Flask) -> ProblemApi:
             return
         ext = app.extensions["atlas"]
         principal = ext.authenticator.authenticate(request.headers.get("Authorization"))
-        ext.authenticator.authorize(principal, write=r.request_is_write())
         g.principal = principal
+        view = app.view_functions.get(request.endpoint or "")
+        scope = getattr(getattr(view, "view_class", None), "scope", TOPOLOGY)
+        service = (request.view_args or {}).get("name")
+        ext.authenticator.authorize(principal, r.request_is_write(), scope, service)
+
+    @app.after_request
+    def audit(resp: Response) -> Response:
+        # Every mutation by a known caller (refused ones too) and every response revealing
+        # secrets. Only names and ids are recorded: never bodies, values or tokens.
+        principal = g.get("principal")
+        revealed = g.get("audit_secrets")
+        if principal is None or not request.path.startswith("/v1/"):
+            return resp
+        if not (r.request_is_write() or revealed):
+            return resp
+        try:
+            rule = request.url_rule.rule if request.url_rule else request.path
+            args = request.view_args or {}
+            app.extensions["atlas"].audit.record(
+                service=args.get("name"),
+                principal=principal.kind,
+                token_id=principal.token_id,
+                action=f"{request.method} {_template(rule)}",
+                method=request.method,
+                path=request.path,
+                status=resp.status_code,
+                target="secrets read: " + ", ".join(revealed)
+                if revealed and resp.status_code < 300
+                else args.get("key") or args.get("instance") or args.get("host"),
+                remote_addr=request.remote_addr,
+            )
+        except Exception:
+            log.exception("audit record failed for %s %s", request.method, request.path[:200])
+        return resp
 
     return api
+
+
+def _template(rule: str) -> str:
+    """/v1/services/<string:name> -> /v1/services/{name}"""
+    out = []
+    for part in rule.split("/"):
+        if part.startswith("<") and part.endswith(">"):
+            part = "{" + part[1:-1].split(":")[-1] + "}"
+        out.append(part)
+    return "/".join(out)

@@ -1,13 +1,22 @@
-"""Bearer-token authentication and the read/write authorization rule."""
+"""Bearer-token authentication (admin tokens, service tokens) and the authorization rule."""
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from dataclasses import dataclass
+from typing import Protocol
 
 from atlas.config import Settings
 from atlas.errors import Forbidden, Unauthorized
+from atlas.registry.records import ServiceToken
+from atlas.registry.tokens import token_id
+
+__all__ = ["ADMIN", "CONFIG", "TOPOLOGY", "Authenticator", "Principal", "token_id"]
+
+# What a route exposes, for the authorization rule (set as `scope` on each resource class).
+TOPOLOGY = "topology"  # services, instances, hosts, info: any valid token may read
+CONFIG = "config"  # a service's config: admins, and that service's own tokens
+ADMIN = "admin"  # tokens, audit: admins only
 
 
 @dataclass(frozen=True)
@@ -24,17 +33,20 @@ class Principal:
         return self.kind == "admin"
 
 
-def token_id(token: str) -> str:
-    """A short, non-reversible id for a token, safe to log and to audit."""
-    return "tok_" + hashlib.sha256(token.encode()).hexdigest()[:12]
+class TokenLookup(Protocol):
+    """Finds a service token by its value (by hash; the store never holds the token)."""
+
+    def lookup(self, token: str) -> ServiceToken | None:
+        """The token's record, or None when unknown or revoked."""
 
 
 class Authenticator:
     """Resolves a bearer token to a Principal."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, tokens: TokenLookup | None = None) -> None:
         self.auth_disabled = settings.auth_disabled
         self._admin = [t.encode() for t in settings.admin_tokens]
+        self.tokens = tokens
 
     def authenticate(self, authorization: str | None) -> Principal:
         """Return the caller's principal or raise Unauthorized."""
@@ -53,10 +65,25 @@ class Authenticator:
             matched |= hmac.compare_digest(presented, candidate)
         if matched:
             return Principal("admin", token_id(token))
+        # Service tokens are found by their SHA-256: the lookup key reveals nothing useful.
+        record = self.tokens.lookup(token) if self.tokens is not None else None
+        if record is not None:
+            return Principal("service", record.id, record.service)
         raise Unauthorized("unknown or revoked token")
 
     @staticmethod
-    def authorize(principal: Principal, write: bool) -> None:
-        """Admins may do anything; service tokens may only read the topology."""
-        if write and not principal.is_admin:
+    def authorize(
+        principal: Principal, write: bool, scope: str = TOPOLOGY, service: str | None = None
+    ) -> None:
+        """Admins may do anything; a service token may read the topology and its own config."""
+        if principal.is_admin:
+            return
+        if write:
             raise Forbidden("only admin tokens may change the registry")
+        if scope == TOPOLOGY:
+            return
+        if scope == CONFIG and service is not None and service == principal.service:
+            return
+        if scope == CONFIG:
+            raise Forbidden("a service token may read only its own service's config")
+        raise Forbidden("only admin tokens may do this")

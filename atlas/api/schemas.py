@@ -214,3 +214,77 @@ class ProblemSchema(Schema):
     status = fields.Integer(required=True)
     detail = fields.String(required=True)
     errors = fields.Dict(keys=fields.String(), values=fields.List(fields.String()))
+
+
+class ConfigPutSchema(StrictSchema):
+    """Body of PUT /v1/services/{name}/config/{key}."""
+
+    value = fields.Raw(required=True, allow_none=True)
+    secret = StrictBoolean(load_default=False)
+
+
+class ConfigEntrySchema(Schema):
+    """One version of a config key (a secret's value shown as {"secret": true} unless revealed)."""
+
+    service = fields.String()
+    key = fields.String()
+    value = fields.Raw(allow_none=True)
+    secret = fields.Boolean()
+    deleted = fields.Boolean()
+    version = fields.Integer()
+    created_at = fields.String()
+    updated_at = fields.String()
+    updated_by = fields.String()
+
+
+class ConfigEntryPageSchema(Schema):
+    """A page of a key's versions."""
+
+    items = fields.List(fields.Nested(ConfigEntrySchema))
+    next_cursor = fields.String(allow_none=True)
+
+
+class ConfigEntryQuerySchema(StrictSchema):
+    """Query string of GET /v1/services/{name}/config/{key}."""
+
+    version = fields.Integer(validate=validate.Range(1, 2**53))
+
+
+class TokenCreateSchema(StrictSchema):
+    """Body (optional) of POST /v1/services/{name}/tokens."""
+
+    description = fields.String(load_default="", validate=validate.Length(max=256))
+
+
+class TokenSchema(Schema):
+    """A service token as listed: never its value."""
+
+    id = fields.String()
+    service = fields.String()
+    description = fields.String()
+    created_at = fields.String()
+    created_by = fields.String()
+
+
+class AuditQuerySchema(StrictSchema):
+    """Query string of GET /v1/audit."""
+
+    service = fields.String(validate=FullMatch(SERVICE_NAME_RE))
+    limit = fields.Integer(validate=validate.Range(1, 1000))
+    cursor = fields.String(validate=validate.Length(1, 2048))
+
+
+class AuditRecordSchema(Schema):
+    """One audit record."""
+
+    id = fields.String()
+    at = fields.String()
+    service = fields.String(allow_none=True)
+    principal = fields.String()
+    token_id = fields.String(allow_none=True)
+    action = fields.String()
+    method = fields.String()
+    path = fields.String()
+    target = fields.String(allow_none=True)
+    status = fields.Integer()
+    remote_addr = fields.String(allow_none=True)

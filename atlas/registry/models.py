@@ -19,7 +19,12 @@ from pynamodb.models import Model
 SERVICES = "services"
 INSTANCES = "instances"
 MIGRATIONS = "migrations"
+CONFIG = "config"
+CONFIG_HISTORY = "config-history"
+TOKENS = "tokens"
+AUDIT = "audit"
 HOST_INDEX = "by-host"
+TOKEN_SERVICE_INDEX = "by-service"
 
 
 class HealthCheckAttribute(MapAttribute[str, Any]):
@@ -37,10 +42,25 @@ class Models:
     prefix: str
     Service: type[Any]
     Instance: type[Any]
+    Config: type[Any]
+    ConfigHistory: type[Any]
+    Token: type[Any]
+    Audit: type[Any]
+
+    def all(self) -> list[type[Any]]:
+        """Every model class, in table order."""
+        return [
+            self.Service,
+            self.Instance,
+            self.Config,
+            self.ConfigHistory,
+            self.Token,
+            self.Audit,
+        ]
 
     def table_names(self) -> list[str]:
         """Every table these models use."""
-        return [self.Service.Meta.table_name, self.Instance.Meta.table_name]
+        return [m.Meta.table_name for m in self.all()]
 
 
 def build_models(
@@ -51,7 +71,7 @@ def build_models(
     read_timeout_s: int = 5,
     max_retry_attempts: int = 2,
 ) -> Models:
-    """Create model classes for tables named `<prefix>services` and `<prefix>instances`."""
+    """Create model classes for the tables of one realm (`<prefix>services`, ...)."""
 
     meta_attrs: dict[str, Any] = {
         "region": region,
@@ -104,7 +124,84 @@ def build_models(
         version = VersionAttribute()
         by_host = HostIndex()
 
-    return Models(prefix=prefix, Service=ServiceModel, Instance=InstanceModel)
+    class ConfigModel(Model):
+        """The current version of each config key (a delete leaves a tombstone: `deleted`)."""
+
+        Meta = meta(CONFIG)
+        service = UnicodeAttribute(hash_key=True)
+        key = UnicodeAttribute(range_key=True)
+        version = NumberAttribute()
+        secret = BooleanAttribute(default=False)
+        deleted = BooleanAttribute(default=False)
+        value = UnicodeAttribute(null=True)  # JSON text of a plain value; never set for secrets
+        sealed = UnicodeAttribute(null=True)  # the envelope of a secret (JSON, base64 fields)
+        created_at = UnicodeAttribute()
+        updated_at = UnicodeAttribute()
+        updated_by = UnicodeAttribute(default="")
+
+    class ConfigHistoryModel(Model):
+        """Every version of every key; `entry` is `<service>/<key>`."""
+
+        Meta = meta(CONFIG_HISTORY)
+        entry = UnicodeAttribute(hash_key=True)
+        version = NumberAttribute(range_key=True)
+        service = UnicodeAttribute()
+        key = UnicodeAttribute()
+        secret = BooleanAttribute(default=False)
+        deleted = BooleanAttribute(default=False)
+        value = UnicodeAttribute(null=True)
+        sealed = UnicodeAttribute(null=True)
+        created_at = UnicodeAttribute()
+        updated_at = UnicodeAttribute()
+        updated_by = UnicodeAttribute(default="")
+
+    class TokenServiceIndex(GlobalSecondaryIndex[Any]):
+        Meta = type(
+            "Meta",
+            (),
+            {"index_name": TOKEN_SERVICE_INDEX, "projection": AllProjection(), **meta_attrs},
+        )
+        service = UnicodeAttribute(hash_key=True)
+        id = UnicodeAttribute(range_key=True)
+
+    class TokenModel(Model):
+        """A service token, keyed by the SHA-256 of the token (the token itself is never stored)."""
+
+        Meta = meta(TOKENS)
+        token_hash = UnicodeAttribute(hash_key=True)
+        id = UnicodeAttribute()
+        service = UnicodeAttribute()
+        description = UnicodeAttribute(default="")
+        created_at = UnicodeAttribute()
+        created_by = UnicodeAttribute(default="")
+        by_service = TokenServiceIndex()
+
+    class AuditModel(Model):
+        """One audit record; `service` is `-` for actions on no single service."""
+
+        Meta = meta(AUDIT)
+        service = UnicodeAttribute(hash_key=True)
+        sk = UnicodeAttribute(range_key=True)  # `<at>#<id>`: newest last, unique
+        id = UnicodeAttribute()
+        at = UnicodeAttribute()
+        principal = UnicodeAttribute()
+        token_id = UnicodeAttribute(null=True)
+        action = UnicodeAttribute()
+        method = UnicodeAttribute()
+        path = UnicodeAttribute()
+        target = UnicodeAttribute(null=True)
+        status = NumberAttribute()
+        remote_addr = UnicodeAttribute(null=True)
+
+    return Models(
+        prefix=prefix,
+        Service=ServiceModel,
+        Instance=InstanceModel,
+        Config=ConfigModel,
+        ConfigHistory=ConfigHistoryModel,
+        Token=TokenModel,
+        Audit=AuditModel,
+    )
 
 
 def build_models_for(settings: Any) -> Models:

@@ -65,3 +65,58 @@ class Page:
 
     items: list[Any]
     next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class ConfigEntry:
+    """One version of a config key; `value` is meaningful only when `revealed` (or not secret)."""
+
+    service: str
+    key: str
+    version: int
+    secret: bool
+    deleted: bool
+    value: Any
+    revealed: bool
+    created_at: str
+    updated_at: str
+    updated_by: str
+
+
+@dataclass(frozen=True)
+class ConfigView:
+    """A service's current config: every live key, with secrets opened or masked."""
+
+    realm: str
+    service: str
+    version: int
+    values: dict[str, Any] = field(hash=False)
+    secrets_read: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ServiceToken:
+    """A service token as listed (never the token itself)."""
+
+    id: str
+    service: str
+    description: str
+    created_at: str
+    created_by: str
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """Who did what to which service, when, from where, and how it ended."""
+
+    id: str
+    at: str
+    service: str | None
+    principal: str
+    token_id: str | None
+    action: str
+    method: str
+    path: str
+    target: str | None
+    status: int
+    remote_addr: str | None

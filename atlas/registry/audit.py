@@ -1,0 +1,203 @@
+"""The audit trail: records are queued by the request and written in batches by a background
+thread, so recording costs the request nothing and a failing audit write never fails it."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import uuid
+from typing import Any
+
+from atlas.errors import ValidationFailed
+from atlas.registry.records import AuditRecord, Page
+from atlas.registry.service import Registry, _store, decode_cursor, encode_cursor
+
+log = logging.getLogger(__name__)
+
+NO_SERVICE = "-"
+BATCH = 25
+
+
+class AuditLog:
+    """Queues audit records and writes them to `<prefix>audit`; lists them for admins."""
+
+    def __init__(self, registry: Registry, queue_size: int = 10_000) -> None:
+        self.registry = registry
+        self.models = registry.models
+        self._queue: queue.Queue[AuditRecord | None] = queue.Queue(maxsize=queue_size)
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self.dropped = 0
+        self.failed = 0
+
+    def record(
+        self,
+        *,
+        service: str | None,
+        principal: str,
+        token_id: str | None,
+        action: str,
+        method: str,
+        path: str,
+        status: int,
+        target: str | None = None,
+        remote_addr: str | None = None,
+    ) -> AuditRecord:
+        """Queue one record (never raises; a full queue drops it with an error log)."""
+        rec = AuditRecord(
+            id=uuid.uuid4().hex,
+            at=self.registry._now(),
+            service=service,
+            principal=principal,
+            token_id=token_id,
+            action=action,
+            method=method,
+            path=path[:1024],
+            target=target[:1024] if target else None,
+            status=status,
+            remote_addr=remote_addr,
+        )
+        self._ensure_thread()
+        try:
+            self._queue.put_nowait(rec)
+        except queue.Full:
+            self.dropped += 1
+            log.error("audit queue full; dropped %s %s (%s)", method, path[:200], rec.id)
+        return rec
+
+    def _ensure_thread(self) -> None:
+        # Started lazily: a thread started before gunicorn forks would not exist in the worker.
+        if self._thread is not None and self._thread.is_alive():
+            return
+        with self._start_lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="atlas-audit", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                self._queue.task_done()
+                return
+            batch = [first]
+            while len(batch) < BATCH:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)  # seen again after this batch
+                    self._queue.task_done()
+                    break
+                batch.append(nxt)
+            self._write(batch)
+            for _ in batch:
+                self._queue.task_done()
+
+    def _write(self, batch: list[AuditRecord]) -> None:
+        model = self.models.Audit
+        try:
+            with self._write_lock, model.batch_write() as writer:
+                for r in batch:
+                    writer.save(
+                        model(
+                            r.service or NO_SERVICE,
+                            f"{r.at}#{r.id}",
+                            id=r.id,
+                            at=r.at,
+                            principal=r.principal,
+                            token_id=r.token_id,
+                            action=r.action,
+                            method=r.method,
+                            path=r.path,
+                            target=r.target,
+                            status=r.status,
+                            remote_addr=r.remote_addr,
+                        )
+                    )
+        except Exception as exc:
+            self.failed += len(batch)
+            # The records hold no secrets (no bodies, no values), so they may be logged.
+            log.error(
+                "audit write failed (%s); lost %d record(s): %s",
+                exc.__class__.__name__,
+                len(batch),
+                "; ".join(
+                    f"{r.at} {r.principal}:{r.token_id} {r.method} {r.path} {r.status}"
+                    for r in batch
+                ),
+            )
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Wait until every queued record has been written (or given up on)."""
+        if self._thread is None or not self._thread.is_alive():
+            return
+        done = threading.Event()
+
+        def wait() -> None:
+            self._queue.join()
+            done.set()
+
+        threading.Thread(target=wait, daemon=True).start()
+        done.wait(timeout)
+
+    def close(self) -> None:
+        """Write what is queued and stop the thread."""
+        if self._thread is not None and self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(timeout=5)
+
+    @staticmethod
+    def _record(m: Any) -> AuditRecord:
+        return AuditRecord(
+            id=m.id,
+            at=m.at,
+            service=None if m.service == NO_SERVICE else m.service,
+            principal=m.principal,
+            token_id=m.token_id,
+            action=m.action,
+            method=m.method,
+            path=m.path,
+            target=m.target,
+            status=int(m.status),
+            remote_addr=m.remote_addr,
+        )
+
+    def list(self, service: str | None, limit: int, cursor: str | None = None) -> Page:
+        """One page of records: of one service newest first, or of all in table order."""
+        model = self.models.Audit
+        start = decode_cursor(cursor, ("service", "sk")) if cursor else None
+        if start is not None and service is not None and start["service"]["S"] != service:
+            raise ValidationFailed(
+                "cursor belongs to another listing", {"cursor": ["Not a cursor of this listing."]}
+            )
+        with _store("listing the audit trail"):
+            if service is not None:
+                items = list(
+                    model.query(
+                        service,
+                        scan_index_forward=False,
+                        limit=limit + 1,
+                        page_size=limit + 1,
+                        last_evaluated_key=start,
+                        consistent_read=True,
+                    )
+                )
+            else:
+                items = list(
+                    model.scan(
+                        limit=limit + 1,
+                        page_size=limit + 1,
+                        last_evaluated_key=start,
+                        consistent_read=True,
+                    )
+                )
+        next_cursor = None
+        if len(items) > limit:
+            items = items[:limit]
+            last = items[-1]
+            next_cursor = encode_cursor({"service": {"S": last.service}, "sk": {"S": last.sk}})
+        return Page([self._record(m) for m in items], next_cursor)
