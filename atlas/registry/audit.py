@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -22,8 +23,9 @@ BATCH = 25
 class AuditLog:
     """Queues audit records and writes them to `<prefix>audit`; lists them for admins."""
 
-    def __init__(self, registry: Registry, queue_size: int = 10_000) -> None:
+    def __init__(self, registry: Registry, queue_size: int = 10_000, linger_s: float = 0.1) -> None:
         self.registry = registry
+        self.linger_s = linger_s
         self.models = registry.models
         self._queue: queue.Queue[AuditRecord | None] = queue.Queue(maxsize=queue_size)
         self._thread: threading.Thread | None = None
@@ -83,9 +85,11 @@ class AuditLog:
                 self._queue.task_done()
                 return
             batch = [first]
+            # Linger briefly so that a burst of requests costs one BatchWriteItem, not many.
+            deadline = time.monotonic() + self.linger_s
             while len(batch) < BATCH:
                 try:
-                    nxt = self._queue.get_nowait()
+                    nxt = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
                     break
                 if nxt is None:
