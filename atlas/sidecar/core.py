@@ -163,6 +163,7 @@ class Sidecar:
         self._retry_at: float | None = None
         self._file_dirty = False
         self._restarts: list[float] = []
+        self._draining: set[tuple[str, str]] = set()  # (backend, server) awaiting `del server`
         self._cond = threading.Condition()
         self._stop = False
         self._status_lock = threading.Lock()
@@ -250,6 +251,8 @@ class Sidecar:
                 self._take_view()
         if self.desired is not None and self.source.connected:
             self._apply(now)
+        if self._draining:
+            self._retry_draining()
         self._update_status()
         return self._next_wait(now)
 
@@ -295,6 +298,7 @@ class Sidecar:
             self.status.last_error = str(exc)
             return
         self.running = None  # unknown runtime state: the next apply reloads from the file
+        self._draining.clear()
 
     # -- apply ---------------------------------------------------------------------------------
 
@@ -332,13 +336,34 @@ class Sidecar:
             else:
                 self._retry_at = now + self.backoff.failure()
 
+    def _admin(self, cmd: str) -> str:
+        try:
+            return self.proxy.admin(cmd).strip()
+        except OSError as exc:
+            return f"socket error: {exc}"
+
+    def _retry_draining(self) -> None:
+        """Delete servers that were busy when their instance went away (no reload needed)."""
+        for backend, server in sorted(self._draining):
+            answer = self._admin(f"del server {backend}/{server}")
+            if answer in _OK_ANSWERS or "No such server" in answer or "No such backend" in answer:
+                self._draining.discard((backend, server))
+                log.info("runtime delete %s/%s (drained)", backend, server)
+
     def _run_ops(self, ops: tuple[Any, ...]) -> bool:
         for op in ops:
+            if op.kind == "add" and (op.backend, op.server) in self._draining:
+                self._retry_draining()
+                if (op.backend, op.server) in self._draining:
+                    return False  # still there: let the reload re-create it cleanly
             for cmd in op.commands:
-                try:
-                    answer = self.proxy.admin(cmd).strip()
-                except OSError as exc:
-                    answer = f"socket error: {exc}"
+                answer = self._admin(cmd)
+                if op.kind == "delete" and cmd.startswith("del ") and "connections" in answer:
+                    # Disabled already, so it takes no new traffic; idle keep-alive connections
+                    # keep it from being deleted. Drain, delete later, and do not reload for it.
+                    self._admin(f"shutdown sessions server {op.backend}/{op.server}")
+                    self._draining.add((op.backend, op.server))
+                    continue
                 if answer not in _OK_ANSWERS:
                     log.warning(
                         "runtime command %r answered %r: falling back to a reload", cmd, answer
@@ -367,6 +392,7 @@ class Sidecar:
         self.backoff.success()
         self._retry_at = None
         self._file_dirty = False
+        self._draining.clear()
         self.running = desired
         self.status.reloads += 1
         self._mark_applied()

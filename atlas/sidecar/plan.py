@@ -77,12 +77,14 @@ def _server_ops(old: Service, new: Service) -> list[RuntimeOp]:
     b = new.name
     old_map, new_map = old.instance_map(), new.instance_map()
     ids = server_ids(new)
-    for key, inst in old_map.items():
-        if key not in new_map:
-            s = server_name(inst)
-            ops.append(
-                RuntimeOp("delete", b, s, (f"disable server {b}/{s}", f"del server {b}/{s}"))
-            )
+    # Deletes go last: a backend whose instances are replaced must never pass through a moment
+    # with no server at all (that moment answers 503).
+    deletes = [
+        RuntimeOp("delete", b, s, (f"disable server {b}/{s}", f"del server {b}/{s}"))
+        for key, inst in old_map.items()
+        if key not in new_map
+        for s in (server_name(inst),)
+    ]
     for key, inst in new_map.items():
         s = server_name(inst)
         before: Instance | None = old_map.get(key)
@@ -102,7 +104,7 @@ def _server_ops(old: Service, new: Service) -> list[RuntimeOp]:
         if before.enabled != inst.enabled:
             state = "ready" if inst.enabled else "maint"
             ops.append(RuntimeOp("state", b, s, (f"set server {b}/{s} state {state}",)))
-    return ops
+    return ops + deletes
 
 
 def plan(running: Snapshot | None, desired: Snapshot) -> Plan:

@@ -349,3 +349,43 @@ def test_loop_freezes_while_disconnected(loop):  # type: ignore[no-untyped-def]
     clock.t += 5
     sc.step()
     assert not sc.status.stale and sc.running is not None and sc.running.get("b") is not None
+
+
+def test_busy_server_is_drained_not_reloaded(loop):  # type: ignore[no-untyped-def]
+    """`del server` refused (keep-alive connections attached): no reload, delete retried later."""
+    sc, clock, source, proxy = loop
+    source.publish(snap(svc("a", 1, 2)))
+    clock.t += 1
+    sc.step()
+    assert proxy.reloads == 1
+    busy = {"a/10.0.0.1:2"}
+    answer = proxy.admin
+
+    def admin(command: str) -> str:
+        if command.startswith("del server ") and command.split()[-1] in busy:
+            proxy.commands.append(command)
+            return "Server still has connections attached to it, cannot remove it."
+        return answer(command)
+
+    proxy.admin = admin
+    source.publish(snap(svc("a", 1)))
+    clock.t += 0.1
+    sc.step()
+    assert proxy.reloads == 1  # no reload for a busy server
+    assert "disable server a/10.0.0.1:2" in proxy.commands
+    assert "shutdown sessions server a/10.0.0.1:2" in proxy.commands
+    assert sc.running == snap(svc("a", 1))
+    assert "10.0.0.1:2" not in proxy.config_path.read_text()
+    busy.clear()  # its connections are gone: the next step deletes it
+    clock.t += 0.1
+    sc.step()
+    assert proxy.commands[-1] == "del server a/10.0.0.1:2"
+    assert not sc._draining and proxy.reloads == 1
+
+
+def test_instances_are_added_before_old_ones_are_deleted() -> None:
+    """Replacing every instance of a backend never passes through an empty backend."""
+    from atlas.sidecar.plan import plan
+
+    p = plan(snap(svc("a", 1)), snap(svc("a", 2)))
+    assert [op.kind for op in p.ops] == ["add", "delete"]
