@@ -302,9 +302,8 @@ class ZkMirror:
             raise MirrorConflict(f"{svc_path} vanished while reading")
         return actual
 
-    def _commit(self, client: KazooClient, ops: Sequence[Op]) -> None:
-        if not ops:
-            return
+    @staticmethod
+    def _transaction(client: KazooClient, ops: Sequence[Op]) -> Any:
         tx = client.transaction()
         for op in ops:
             if op.kind == "create":
@@ -313,7 +312,12 @@ class ZkMirror:
                 tx.set_data(op.path, op.data, version=op.version)
             else:
                 tx.delete(op.path, version=op.version)
-        results = tx.commit()
+        return tx
+
+    def _commit(self, client: KazooClient, ops: Sequence[Op]) -> None:
+        if not ops:
+            return
+        results = self._transaction(client, ops).commit()
         failures = [r for r in results if isinstance(r, Exception)]
         real = [r for r in failures if not isinstance(r, RolledBackError)]
         if real:
@@ -404,15 +408,7 @@ class ZkMirror:
             found["missing"] += p.missing
             found["stale"] += p.stale
             found["extra"] += p.extra
-            tx = client.transaction()
-            for op in p.ops:
-                if op.kind == "create":
-                    tx.create(op.path, op.data)
-                elif op.kind == "set":
-                    tx.set_data(op.path, op.data, version=op.version)
-                else:
-                    tx.delete(op.path, version=op.version)
-            pending.append((name, p, tx.commit_async()))
+            pending.append((name, p, self._transaction(client, p.ops).commit_async()))
 
         def diff(name: str, instances: list[Instance]) -> Plan:
             svc = services.get(name)

@@ -3,58 +3,20 @@ live tests, the integration tier's `start_atlas` (gunicorn on the session moto s
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
 from typing import Any
 
 import boto3
 import pytest
 from flask import Flask
-from moto import mock_aws
 
-from atlas.app import create_app
-from atlas.config import Settings
-from atlas.migrate import Migrator
-from tests.helpers import ADMIN_TOKEN
 from tests.integration.conftest import start_atlas  # noqa: F401 - re-exported fixture
-from tests.unit.conftest import Client
-
-logging.getLogger("werkzeug").setLevel(logging.ERROR)
+from tests.unit.conftest import Client, app, aws, client, settings  # noqa: F401 - shared fixtures
 
 SECRET = "s3cr3t-PLAINTEXT-never-stored-7f3a9c"
 
 
 @pytest.fixture
-def aws() -> Iterator[None]:
-    """Every AWS call in the test (DynamoDB and KMS) is served by moto in memory."""
-    with mock_aws():
-        yield
-
-
-@pytest.fixture
-def settings(aws: None) -> Settings:
-    """Settings of a migrated `unit` realm (KMS provider, key created on first use)."""
-    s = Settings(realm="unit", admin_tokens=(ADMIN_TOKEN,))
-    Migrator(s).run()
-    return s
-
-
-@pytest.fixture
-def app(settings: Settings) -> Iterator[Flask]:
-    """The Atlas app without ZooKeeper."""
-    app = create_app(settings=settings)
-    yield app
-    app.extensions["atlas"].close()
-
-
-@pytest.fixture
-def client(app: Flask) -> Client:
-    """An admin client."""
-    return Client(app.test_client())
-
-
-@pytest.fixture
-def make_client(app: Flask) -> Any:
+def make_client(app: Flask) -> Any:  # noqa: F811 - the shared `app` fixture
     """Build a client with any token (None: no Authorization header)."""
     return lambda token: Client(app.test_client(), token=token)
 
