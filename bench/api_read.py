@@ -37,6 +37,11 @@ def main() -> None:
                         workers=WORKERS, threads=THREADS, app="hello_app:app", name="hello")  # fmt: skip
     hello.start()
     _stop.append(hello)
+    bare = AtlasServer(WORKDIR / "bare", {"PYTHONPATH": str(Path(__file__).parent),
+                       "ATLAS_ADMIN_TOKENS": ADMIN}, workers=WORKERS, threads=THREADS,
+                       app="store_free_app:app", name="bare")  # fmt: skip
+    bare.start()
+    _stop.append(bare)
 
     url = f"{atlas.url}/v1/services/catalog/instances"
     assert len(requests.get(url, headers=auth, timeout=10).json()["items"]) == 20
@@ -48,10 +53,12 @@ def main() -> None:
         h = wrk(hello.url + "/", seconds=6)
         a = wrk(url, seconds=6, headers=auth)
         g = wrk(one, seconds=6, headers=auth)
-        rounds.append((h, a, g))
+        b = wrk(f"{bare.url}/v1/services/catalog/instances", seconds=6, headers=auth)
+        rounds.append((h, a, g, b))
     hello_rps = max(r[0] for r in rounds)
     atlas_rps = max(r[1] for r in rounds)
     get_rps = max(r[2] for r in rounds)
+    bare_rps = max(r[3] for r in rounds)
 
     settings = Settings(realm="bench", dynamodb_endpoint=moto.url, admin_tokens=(ADMIN,))
     reg = Registry(build_models_for(settings))
@@ -77,7 +84,9 @@ def main() -> None:
         f"DynamoDB endpoint alone        {raw_rps:9.0f} queries/s (registry.list_instances, same concurrency)"
     )
     print(f"Atlas GET one service          {get_rps:9.0f} req/s (one GetItem)")
+    print(f"Atlas, store in memory         {bare_rps:9.0f} req/s (same endpoint, no DynamoDB)")
     print(f"ratio Atlas / hello-world      {atlas_rps / hello_rps:9.2f}   (goal >= 0.7)")
+    print(f"ratio Atlas layer / hello      {bare_rps / hello_rps:9.2f}   (what Atlas itself costs)")
     print(f"ratio GET service / hello      {get_rps / hello_rps:9.2f}")
     print(f"ratio Atlas / DynamoDB alone   {atlas_rps / raw_rps:9.2f}")
 
