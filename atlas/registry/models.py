@@ -103,6 +103,7 @@ def build_models(
         health_check = HealthCheckAttribute(null=True)
         tags = ListAttribute(of=UnicodeAttribute, default=list)
         deleting = BooleanAttribute(default=False)
+        deleting_by = UnicodeAttribute(null=True)  # the DELETE that set `deleting`
         config_version = NumberAttribute(default=0)
         created_at = UnicodeAttribute()
         updated_at = UnicodeAttribute()

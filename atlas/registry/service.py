@@ -6,6 +6,7 @@ import base64
 import binascii
 import json
 import logging
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -229,56 +230,98 @@ class Registry:
     def update_service(
         self, name: str, changes: Mapping[str, Any], if_match: int | None = None
     ) -> Service:
-        """Apply a partial update; 412 if If-Match does not hold, 409 if deleting."""
-        for _ in range(MAX_RACE_RETRIES):
-            m = self._load_service(name)
-            if if_match is not None and int(m.version) != if_match:
-                raise PreconditionFailed(
-                    f"service {name!r} is at version {m.version}, not {if_match}"
-                )
-            if m.deleting:
-                raise Conflict(f"service {name!r} is being deleted")
-            for key in SERVICE_FIELDS:
-                if key not in changes:
-                    continue
-                if key == "health_check":
-                    self._set_health_check(m, changes[key])
-                elif key == "tags":
-                    m.tags = list(changes[key] or [])
-                elif key in ("description", "owner"):
-                    setattr(m, key, changes[key] or "")
-                else:
-                    setattr(m, key, changes[key])
-            m.updated_at = self._now()
-            with _store("updating the service"):
-                try:
-                    m.save()
-                except PynamoDBException as exc:
-                    if not _conditional(exc):
-                        raise
-                    if if_match is not None:
-                        raise PreconditionFailed(f"service {name!r} changed concurrently") from None
-                    continue
-            record = self.service_record(m)
-            self._mirror("put_service", self.mirror.put_service, record)
-            return record
-        raise Conflict(f"service {name!r} kept changing; retry")
+        """Apply a partial update; 412 if If-Match does not hold, 409 if deleting.
 
-    def _set_deleting(self, name: str, value: bool, version: int | None) -> None:
+        One UpdateItem that sets only the changed fields: attributes other writers own
+        (`config_version`, `deleting`) are never written back from a stale read.
+        """
+        model = self.models.Service
+        actions: list[Any] = []
+        for key in SERVICE_FIELDS:
+            if key not in changes:
+                continue
+            value = changes[key]
+            attr = getattr(model, key)
+            if key == "health_check":
+                if value is None:
+                    actions.append(attr.remove())
+                else:
+                    hc = type(attr)(
+                        path=value["path"],
+                        interval_s=value.get("interval_s", 10),
+                        timeout_s=value.get("timeout_s", 2),
+                    )
+                    actions.append(attr.set(hc))
+            elif key == "tags":
+                actions.append(attr.set(list(value or [])))
+            elif key in ("description", "owner"):
+                actions.append(attr.set(value or ""))
+            elif value is None:
+                actions.append(attr.remove())
+            else:
+                actions.append(attr.set(value))
+        actions += [model.updated_at.set(self._now()), model.version.add(1)]
+        condition = model.name.exists() & (model.deleting == False)  # noqa: E712
+        if if_match is not None:
+            condition &= model.version == if_match
+        with _store("updating the service"):
+            try:
+                raw = model._get_connection().update_item(
+                    name, actions=actions, condition=condition, return_values="ALL_NEW"
+                )
+            except PynamoDBException as exc:
+                if not _conditional(exc):
+                    raise
+                current = self._load_service(name)  # NotFound if it is gone
+                if current.deleting:
+                    raise Conflict(f"service {name!r} is being deleted") from None
+                raise PreconditionFailed(
+                    f"service {name!r} is at version {current.version}, not {if_match}"
+                ) from None
+        record = self.service_record(model.from_raw_data(raw["Attributes"]))
+        self._mirror("put_service", self.mirror.put_service, record)
+        return record
+
+    def _mark_deleting(self, name: str, owner: str, version: int | None, take_over: bool) -> None:
+        """Set `deleting` (without bumping the version clients hold in ETags).
+
+        Only a cascade may take over a service another DELETE marked (that is how a delete
+        that crashed half-way is finished); a plain DELETE of a service being deleted is 409.
+        """
         svc = self.models.Service
-        # A raw update: marking a deletion must not bump the version clients hold in ETags.
         condition = svc.name.exists()
+        if not take_over:
+            condition &= svc.deleting == False  # noqa: E712
         if version is not None:
             condition &= svc.version == version
         with _store("marking the service"):
             try:
                 svc._get_connection().update_item(
-                    name, actions=[svc.deleting.set(value)], condition=condition
+                    name,
+                    actions=[svc.deleting.set(True), svc.deleting_by.set(owner)],
+                    condition=condition,
                 )
             except PynamoDBException as exc:
-                if _conditional(exc):
-                    raise PreconditionFailed(f"service {name!r} changed concurrently") from None
-                raise
+                if not _conditional(exc):
+                    raise
+                current = self._load_service(name)
+                if current.deleting:
+                    raise Conflict(f"service {name!r} is being deleted") from None
+                raise PreconditionFailed(f"service {name!r} changed concurrently") from None
+
+    def _unmark_deleting(self, name: str, owner: str) -> None:
+        """Clear `deleting` if this DELETE still owns the mark (a cascade may have taken it)."""
+        svc = self.models.Service
+        with _store("unmarking the service"):
+            try:
+                svc._get_connection().update_item(
+                    name,
+                    actions=[svc.deleting.set(False), svc.deleting_by.remove()],
+                    condition=svc.deleting_by == owner,
+                )
+            except PynamoDBException as exc:
+                if not _conditional(exc):
+                    raise
 
     def has_children(self, name: str) -> bool:
         """True while the service has instances or config keys that are not deleted."""
@@ -314,10 +357,13 @@ class Registry:
         m = self._load_service(name)
         if if_match is not None and int(m.version) != if_match:
             raise PreconditionFailed(f"service {name!r} is at version {m.version}, not {if_match}")
-        # Mark first, so that no instance can attach between the check and the delete.
-        self._set_deleting(name, True, int(m.version) if if_match is not None else None)
+        # Mark first, so that no instance, config or token can attach between the check and
+        # the delete.
+        owner = uuid.uuid4().hex
+        version = int(m.version) if if_match is not None else None
+        self._mark_deleting(name, owner, version, take_over=cascade)
         if self.has_children(name) and not cascade:
-            self._set_deleting(name, False, None)
+            self._unmark_deleting(name, owner)
             raise Conflict(
                 f"service {name!r} still has instances or config; "
                 "detach and delete them or use ?cascade=true"
@@ -328,6 +374,9 @@ class Registry:
         self._purge_config_and_tokens(name)
         with _store("deleting the service"):
             self.models.Service(name).delete(add_version_condition=False)
+        # The tokens index is eventually consistent: sweep once more now that nothing can
+        # issue a token for this service any longer.
+        self._purge_config_and_tokens(name)
         self._mirror("delete_service", self.mirror.delete_service, name)
 
     # --------------------------------------------------------------- instances
@@ -460,8 +509,9 @@ class Registry:
             return self._modify_instance_read_write(service, iid, changes, if_match)
         model = self.models.Instance
         actions: list[Any] = []
+        clears_reason = changes.get("enabled") is True
         for key in INSTANCE_FIELDS:
-            if key not in changes:
+            if key not in changes or (key == "disabled_reason" and clears_reason):
                 continue
             attr = getattr(model, key)
             value = changes[key]
@@ -471,7 +521,7 @@ class Registry:
                 actions.append(attr.remove())
             else:
                 actions.append(attr.set(value))
-        if changes.get("enabled") is True:
+        if clears_reason:
             actions.append(model.disabled_reason.remove())
         actions += [model.updated_at.set(self._now()), model.version.add(1)]
         condition = model.service.exists()
