@@ -25,6 +25,9 @@ class Layout:
         self.services = f"{self.root}/services"
         self.config = f"{self.root}/config"
         self.election = f"{self.root}/reconciler"
+        # One guard znode per service, outside services/ so that no consumer sees it: every
+        # mirror commit checks and bumps it, which serializes writers of one service.
+        self.guards = f"{self.root}/guards"
 
     def service(self, name: str) -> str:
         """Path of a service node."""
@@ -33,6 +36,10 @@ class Layout:
     def instance(self, service: str, instance_id: str) -> str:
         """Path of an instance node."""
         return f"{self.services}/{service}/{instance_id}"
+
+    def guard(self, service: str) -> str:
+        """Path of a service's guard znode."""
+        return f"{self.guards}/{service}"
 
     def config_stamp(self, service: str) -> str:
         """Path of a service's config version stamp."""

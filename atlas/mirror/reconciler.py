@@ -71,17 +71,27 @@ class Reconciler:
             except ZK_ERRORS as exc:
                 log.info("reconciler election interrupted: %r", exc)
                 self._stopped.wait(0.5)
+            except Exception:  # the thread must outlive any single failure
+                log.exception("reconciler error; contending again shortly")
+                self._stopped.wait(1.0)
             finally:
                 self.mirror.leader = False
 
-    def _still_leading(self, client: KazooClient) -> bool:
-        return not self._stopped.is_set() and self.mirror.connected and self.mirror.client is client
+    def _still_leading(self, client: KazooClient, session: int | None) -> bool:
+        # A new session (the old one expired) means our election node is gone: step down.
+        return (
+            not self._stopped.is_set()
+            and self.mirror.connected
+            and self.mirror.client is client
+            and _session_id(client) == session
+        )
 
     def _lead(self, client: KazooClient) -> None:
+        session = _session_id(client)
         self.mirror.leader = True
         log.info("this process (%s) now leads reconciliation", self.identifier)
         next_run = 0.0
-        while self._still_leading(client):
+        while self._still_leading(client, session):
             if self._kick.is_set() or self.clock() >= next_run:
                 self._kick.clear()
                 try:
@@ -90,4 +100,12 @@ class Reconciler:
                 except (*ZK_ERRORS, MirrorConflict, AtlasError) as exc:
                     log.warning("reconcile failed, retrying soon: %r", exc)
                     next_run = self.clock() + min(self.interval, 1.0)
+                except Exception:
+                    log.exception("reconcile crashed, retrying soon")
+                    next_run = self.clock() + min(self.interval, 5.0)
             self._kick.wait(timeout=0.25)
+
+
+def _session_id(client: KazooClient) -> int | None:
+    cid = client.client_id
+    return int(cid[0]) if cid else None

@@ -26,6 +26,7 @@ from kazoo.exceptions import (
     RolledBackError,
     ZookeeperError,
 )
+from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.retry import KazooRetry
 
 from atlas.errors import AtlasError
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 
 MAX_CAS_RETRIES = 8
 CONFLICTS = (BadVersionError, NodeExistsError, NoNodeError, NotEmptyError)
-ZK_ERRORS = (KazooException, ZookeeperError, TimeoutError, OSError)
+ZK_ERRORS = (KazooException, ZookeeperError, KazooTimeoutError, TimeoutError, OSError)
 
 
 def _iso(ts: float) -> str:
@@ -106,7 +107,10 @@ class ZkMirror:
         self._wake = threading.Event()
         self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.dirty: set[str] = set()
+        # service -> generation of its latest failed mirror write; a sync clears a mark only
+        # if no newer failure re-marked it meanwhile.
+        self.dirty: dict[str, int] = {}
+        self._dirty_gen = 0
         self._disconnected_since: float | None = clock()
         self._ensured_roots = False
         self._started = False
@@ -220,8 +224,15 @@ class ZkMirror:
 
     def _mark_dirty(self, name: str) -> None:
         with self._lock:
-            self.dirty.add(name)
+            self._dirty_gen += 1
+            self.dirty[name] = self._dirty_gen
         self._wake.set()
+
+    def _clear_dirty(self, marks: dict[str, int]) -> None:
+        with self._lock:
+            for name, gen in marks.items():
+                if self.dirty.get(name) == gen:
+                    del self.dirty[name]
 
     def put_service(self, service: Service) -> None:
         """Mirror a created or changed service (its whole subtree, atomically)."""
@@ -232,24 +243,22 @@ class ZkMirror:
         self._safely(name, lambda: self.sync_service(name))
 
     def prepare_instance(self, service: str, iid: str) -> Any:
-        """Read the instance znode (and whether its service node exists) before the write."""
+        """Read the instance znode and the service's guard before the DynamoDB write."""
         if not self.connected:
             return None
         client = self.client
         path = self.layout.instance(service, iid)
         try:
-            node = client.get_async(path)
             parent = client.exists_async(self.layout.service(service))
-            try:
-                data, stat = node.get(timeout=self.timeout)
-                actual = {path: (data, stat.version)}
-            except NoNodeError:
-                actual = {}
+            seen = self._read(client, [path, self.layout.guard(service)])
             if parent.get(timeout=self.timeout) is None:
                 return None  # the whole service must be (re)built: no shortcut
         except ZK_ERRORS:
             return None
-        return (client, actual)
+        guard = seen.pop(self.layout.guard(service), None)
+        if guard is None:
+            return None
+        return (client, seen, guard[1])
 
     def instance_changed(
         self, service: str, iid: str, record: Instance | None, prepared: Any
@@ -258,11 +267,12 @@ class ZkMirror:
 
         def apply() -> None:
             if prepared is not None and prepared[0] is self.client:
-                client, actual = prepared
+                client, actual, guard = prepared
                 path = self.layout.instance(service, iid)
                 desired = {path: instance_payload(record)} if record is not None else {}
+                ops = [*plan(desired, actual).ops, *self._guard_ops(service, guard)]
                 try:
-                    self._commit(client, plan(desired, actual).ops)
+                    self._commit(client, ops)
                     return
                 except MirrorConflict:
                     self.counters["cas_retries"] += 1
@@ -276,7 +286,19 @@ class ZkMirror:
         if not self._ensured_roots:
             client.ensure_path(self.layout.services)
             client.ensure_path(self.layout.config)
+            client.ensure_path(self.layout.guards)
             self._ensured_roots = True
+
+    def _guard_ops(self, name: str, version: int | None) -> list[Op]:
+        """Check-and-bump the service's guard (create it the first time).
+
+        Every commit writes the guard, so of two writers that read the same state only one
+        can commit, even when the other has nothing else to change (a delete of a node that
+        is not there yet) -- the case per-node versions cannot see. Guards are never
+        deleted: a deleted guard would forget the version a stale writer must fail against.
+        """
+        path = self.layout.guard(name)
+        return [Op("create", path)] if version is None else [Op("set", path, b"", version)]
 
     def _read(self, client: KazooClient, paths: Iterable[str]) -> dict[str, tuple[bytes, int]]:
         asyncs = [(p, client.get_async(p)) for p in paths]
@@ -289,8 +311,14 @@ class ZkMirror:
             out[path] = (data, stat.version)
         return out
 
-    def _read_subtree(self, client: KazooClient, name: str) -> dict[str, tuple[bytes, int]]:
+    def _read_subtree(
+        self, client: KazooClient, name: str
+    ) -> tuple[dict[str, tuple[bytes, int]], int | None]:
+        """The service's mirrored nodes, and its guard's version (None: no guard)."""
         svc_path = self.layout.service(name)
+        guard = self.layout.guard(name)
+        # The guard first: anything committed after this read bumps it and fails our CAS.
+        seen = self._read(client, [guard])
         try:
             children = client.get_children(svc_path)
         except NoNodeError:
@@ -300,7 +328,7 @@ class ZkMirror:
         actual = self._read(client, paths)
         if svc_path not in actual and children:
             raise MirrorConflict(f"{svc_path} vanished while reading")
-        return actual
+        return actual, seen[guard][1] if guard in seen else None
 
     @staticmethod
     def _transaction(client: KazooClient, ops: Sequence[Op]) -> Any:
@@ -331,12 +359,12 @@ class ZkMirror:
         for _ in range(MAX_CAS_RETRIES):
             client = self.client
             self._ensure_roots(client)
-            actual = self._read_subtree(client, name)
+            actual, guard = self._read_subtree(client, name)
             svc = self.source.find_service(name)
             desired = desired_tree(self.layout, svc, self.source.all_instances(name)) if svc else {}
             p = plan(desired, actual)
             try:
-                self._commit(client, p.ops)
+                self._commit(client, [*p.ops, *self._guard_ops(name, guard)])
                 return p
             except MirrorConflict:
                 self.counters["cas_retries"] += 1
@@ -349,14 +377,16 @@ class ZkMirror:
         for _ in range(MAX_CAS_RETRIES):
             client = self.client
             path = self.layout.instance(service, iid)
-            actual = self._read(client, [path])
-            if client.exists(self.layout.service(service)) is None:
+            guard_path = self.layout.guard(service)
+            seen = self._read(client, [guard_path, path])
+            guard = seen.pop(guard_path, None)
+            if guard is None or client.exists(self.layout.service(service)) is None:
                 return self.sync_service(service)
             inst = self.source.find_instance(service, iid)
             desired = {path: instance_payload(inst)} if inst else {}
-            p = plan(desired, actual)
+            p = plan(desired, seen)
             try:
-                self._commit(client, p.ops)
+                self._commit(client, [*p.ops, *self._guard_ops(service, guard[1])])
                 return p
             except MirrorConflict:
                 self.counters["cas_retries"] += 1
@@ -364,10 +394,15 @@ class ZkMirror:
 
     # ----------------------------------------------------------- reconciling
 
-    def _read_tree(self, client: KazooClient) -> dict[str, dict[str, tuple[bytes, int]]]:
-        """Every mirrored node, grouped by the service it belongs to."""
+    def _read_tree(
+        self, client: KazooClient
+    ) -> tuple[dict[str, dict[str, tuple[bytes, int]]], dict[str, int]]:
+        """Every mirrored node grouped by service, and every guard's version."""
         self._ensured_roots = False  # someone may have deleted the roots: check every time
         self._ensure_roots(client)
+        # Guards first: a commit after this read fails our CAS instead of being overwritten.
+        guard_paths = {self.layout.guard(n): n for n in client.get_children(self.layout.guards)}
+        guards = {guard_paths[p]: v[1] for p, v in self._read(client, guard_paths).items()}
         names = set(client.get_children(self.layout.services))
         stamps = set(client.get_children(self.layout.config))
         child_lists = {n: client.get_children_async(self.layout.service(n)) for n in names}
@@ -388,7 +423,7 @@ class ZkMirror:
         grouped: dict[str, dict[str, tuple[bytes, int]]] = {n: {} for n in names | stamps}
         for path, value in self._read(client, paths).items():
             grouped[owner[path]][path] = value
-        return grouped
+        return grouped, guards
 
     def reconcile(self) -> dict[str, Any]:
         """Compare all of DynamoDB with all of ZooKeeper and fix every difference."""
@@ -396,19 +431,22 @@ class ZkMirror:
         started = self.clock()
         client = self.client
         with self._lock:
-            dirty_before = set(self.dirty)
+            dirty_before = dict(self.dirty)
         # ZooKeeper first, then DynamoDB: a write that lands in between bumps a znode version
         # and our CAS fails, so a stale DynamoDB read can never overwrite a newer znode.
-        actual = self._read_tree(client)
+        actual, guards = self._read_tree(client)
         services = {s.name: s for s in self.source.scan_services()}
         found = {"missing": 0, "stale": 0, "extra": 0}
         pending: list[tuple[str, Plan, Any]] = []
 
         def submit(name: str, p: Plan) -> None:
+            if not p.ops and (name in guards or name not in services):
+                return  # nothing drifted, and a live service has its guard
             found["missing"] += p.missing
             found["stale"] += p.stale
             found["extra"] += p.extra
-            pending.append((name, p, self._transaction(client, p.ops).commit_async()))
+            ops = [*p.ops, *self._guard_ops(name, guards.get(name))]
+            pending.append((name, p, self._transaction(client, ops).commit_async()))
 
         def diff(name: str, instances: list[Instance]) -> Plan:
             svc = services.get(name)
@@ -436,7 +474,7 @@ class ZkMirror:
             p = diff(name, instances)
             if p.extra:
                 deferred[name] = p
-            elif p.ops:
+            else:
                 submit(name, p)
 
         for inst in self.source.iter_instances():
@@ -449,9 +487,7 @@ class ZkMirror:
             if name not in reopened:
                 submit(name, p)
         for name in sorted((set(services) | set(actual)) - seen):
-            p = diff(name, [])
-            if p.ops:
-                submit(name, p)
+            submit(name, diff(name, []))
         fixed = 0
         retry: list[str] = []
         for name, p, result in pending:
@@ -472,8 +508,7 @@ class ZkMirror:
                 found["stale"] += p.stale
                 found["extra"] += p.extra
         drift = sum(found.values())
-        with self._lock:
-            self.dirty.difference_update(dirty_before)
+        self._clear_dirty(dirty_before)
         self.counters["reconciles"] += 1
         self.counters["drift_found_total"] += drift
         self.counters["drift_fixed_total"] += fixed
@@ -502,9 +537,9 @@ class ZkMirror:
     def drain_dirty(self) -> int:
         """Re-sync every service whose mirror write failed; return how many succeeded."""
         with self._lock:
-            todo = sorted(self.dirty)
+            todo = dict(self.dirty)
         done = 0
-        for name in todo:
+        for name, gen in sorted(todo.items()):
             if not self.connected or self.source is None:
                 break
             try:
@@ -512,8 +547,7 @@ class ZkMirror:
             except (*ZK_ERRORS, MirrorConflict, AtlasError) as exc:
                 self.last_error = f"{exc!r}"[:300]
                 continue
-            with self._lock:
-                self.dirty.discard(name)
+            self._clear_dirty({name: gen})
             done += 1
         return done
 

@@ -107,3 +107,58 @@ def test_split_scan_and_every_kind_of_drift_converge(
         assert m.reconcile()["drift_found"] == {"missing": 0, "stale": 0, "extra": 0}
     finally:
         m.stop()
+
+
+def test_a_put_and_a_delete_racing_on_an_absent_node_leave_no_ghost(
+    zk_server: ZooKeeperServer, realm: str
+) -> None:
+    """A reads "absent" and writes DynamoDB; B reads "absent", deletes in DynamoDB, and has
+    nothing to change in ZooKeeper; A's create must not land on top of B's delete."""
+    truth = ScriptedTruth([svc("s")], [])
+    m = ZkMirror(zk_server.address, realm, timeout=5)
+    m.bind(truth)
+    m.connect()
+    try:
+        m.put_service(svc("s"))
+        record = inst("s", 1)
+        prepared_a = m.prepare_instance("s", record.id)
+        truth.order = [record]  # A's DynamoDB put
+        prepared_b = m.prepare_instance("s", record.id)
+        truth.order = []  # B's DynamoDB delete
+        m.instance_changed("s", record.id, None, prepared_b)
+        m.instance_changed("s", record.id, record, prepared_a)  # A's mirror step lands last
+        assert m.client.exists(m.layout.instance("s", record.id)) is None
+        assert tree(zk_server.address, realm) == expected(truth, realm)
+        assert not m.dirty
+    finally:
+        m.stop()
+
+
+def test_a_service_delete_and_create_racing_leave_the_truth(
+    zk_server: ZooKeeperServer, realm: str
+) -> None:
+    """Both writers read an empty tree; the deleter has nothing to remove yet."""
+    truth = ScriptedTruth([], [])
+    m = ZkMirror(zk_server.address, realm, timeout=5)
+    m.bind(truth)
+    m.connect()
+    try:
+        m._ensure_roots(m.client)
+        seen_a = m._read_subtree(m.client, "s")  # the creator reads (nothing), then DynamoDB
+        m.sync_service("s")  # the deleter: an empty plan, but it still bumps the guard
+        actual, guard = seen_a
+        creator_ops = [
+            *__import__("atlas.mirror", fromlist=["plan"])
+            .plan(desired_tree(Layout(realm), svc("s"), []), actual)
+            .ops,
+            *m._guard_ops("s", guard),
+        ]
+        import pytest
+
+        from atlas.mirror import MirrorConflict
+
+        with pytest.raises(MirrorConflict):
+            m._commit(m.client, creator_ops)  # the stale creator loses
+        assert tree(zk_server.address, realm) == {}
+    finally:
+        m.stop()

@@ -116,5 +116,5 @@ def test_writes_while_disconnected_mark_the_service_dirty() -> None:
     m = ZkMirror("zk:2181", "prod", client_factory=lambda h, t: FakeClient())  # type: ignore[arg-type,return-value]
     m.put_service(svc())
     m.instance_changed("web", "10.0.0.1:80", inst(service="web"), m.prepare_instance("web", "x"))
-    assert m.dirty == {"api", "web"}
+    assert set(m.dirty) == {"api", "web"}
     assert m.status()["lagging"] is True
