@@ -106,7 +106,11 @@ class AtlasExtension:
         except AtlasError as exc:
             ok = False
             checks["dynamodb"] = {"ok": False, "detail": exc.detail}
-        checks["mirror"] = self.registry.mirror.status()
+        # /readyz is public: the mirror's summary only (hosts and errors are in /v1/info).
+        mirror = self.registry.mirror.status()
+        checks["mirror"] = {
+            k: mirror[k] for k in ("configured", "connected", "lagging", "leader") if k in mirror
+        }
         return {"status": "ready" if ok else "unavailable", "checks": checks}, 200 if ok else 503
 
 

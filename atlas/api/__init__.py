@@ -12,6 +12,7 @@ from atlas.api import config_resources as c
 from atlas.api import resources as r
 from atlas.api.auth import TOPOLOGY
 from atlas.api.problems import problem_response
+from atlas.registry.validation import is_service_name
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +74,13 @@ def init_api(app: Flask) -> ProblemApi:
         try:
             rule = request.url_rule.rule if request.url_rule else request.path
             args = request.view_args or {}
+            name = args.get("name")
+            # The service is the audit table's partition key: only a valid name goes there (a
+            # 2 KiB junk name would make the whole batch, other callers' records too, fail).
+            service = name if isinstance(name, str) and is_service_name(name) else None
+            target = args.get("key") or args.get("instance") or args.get("host")
             app.extensions["atlas"].audit.record(
-                service=args.get("name"),
+                service=service,
                 principal=principal.kind,
                 token_id=principal.token_id,
                 action=f"{request.method} {_template(rule)}",
@@ -83,7 +89,7 @@ def init_api(app: Flask) -> ProblemApi:
                 status=resp.status_code,
                 target="secrets read: " + ", ".join(revealed)
                 if revealed and resp.status_code < 300
-                else args.get("key") or args.get("instance") or args.get("host"),
+                else (str(target)[:256] if target else None),
                 remote_addr=request.remote_addr,
             )
         except Exception:

@@ -102,38 +102,51 @@ class AuditLog:
                 self._queue.task_done()
 
     def _write(self, batch: list[AuditRecord]) -> None:
-        model = self.models.Audit
         try:
-            with self._write_lock, model.batch_write() as writer:
-                for r in batch:
-                    writer.save(
-                        model(
-                            r.service or NO_SERVICE,
-                            f"{r.at}#{r.id}",
-                            id=r.id,
-                            at=r.at,
-                            principal=r.principal,
-                            token_id=r.token_id,
-                            action=r.action,
-                            method=r.method,
-                            path=r.path,
-                            target=r.target,
-                            status=r.status,
-                            remote_addr=r.remote_addr,
-                        )
+            self._write_batch(batch)
+        except Exception:
+            if len(batch) == 1:
+                self._lost(batch)
+                return
+            # One bad record must not take the others down with it: write them one by one.
+            for r in batch:
+                try:
+                    self._write_batch([r])
+                except Exception:
+                    self._lost([r])
+
+    def _write_batch(self, batch: list[AuditRecord]) -> None:
+        model = self.models.Audit
+        with self._write_lock, model.batch_write() as writer:
+            for r in batch:
+                writer.save(
+                    model(
+                        r.service or NO_SERVICE,
+                        f"{r.at}#{r.id}",
+                        id=r.id,
+                        at=r.at,
+                        principal=r.principal,
+                        token_id=r.token_id,
+                        action=r.action,
+                        method=r.method,
+                        path=r.path,
+                        target=r.target,
+                        status=r.status,
+                        remote_addr=r.remote_addr,
                     )
-        except Exception as exc:
-            self.failed += len(batch)
-            # The records hold no secrets (no bodies, no values), so they may be logged.
-            log.error(
-                "audit write failed (%s); lost %d record(s): %s",
-                exc.__class__.__name__,
-                len(batch),
-                "; ".join(
-                    f"{r.at} {r.principal}:{r.token_id} {r.method} {r.path} {r.status}"
-                    for r in batch
-                ),
-            )
+                )
+
+    def _lost(self, batch: list[AuditRecord]) -> None:
+        self.failed += len(batch)
+        # The records hold no secrets (no bodies, no values), so they may be logged.
+        log.error(
+            "audit write failed; lost %d record(s): %s",
+            len(batch),
+            "; ".join(
+                f"{r.at} {r.principal}:{r.token_id} {r.method} {r.path[:200]} {r.status}"
+                for r in batch
+            ),
+        )
 
     def flush(self, timeout: float = 5.0) -> None:
         """Wait until every queued record has been written (or given up on)."""

@@ -185,7 +185,10 @@ class KmsKeyProvider:
         except ClientError as exc:
             missing = exc.response["Error"]["Code"] == "NotFoundException"
             if not (missing and self._create and self._wanted.startswith("alias/")):
-                raise Unavailable(f"KMS key {self._wanted} is not usable: {exc}") from None
+                # The AWS message (ARNs, account ids) goes to the log, not to the caller.
+                log.error("KMS key %s is not usable: %s", self._wanted, exc)
+                code = exc.response["Error"]["Code"]
+                raise Unavailable(f"KMS key {self._wanted} is not usable ({code})") from None
         except self._errors() as exc:
             raise Unavailable(f"KMS did not answer: {exc.__class__.__name__}") from None
         try:
@@ -203,7 +206,10 @@ class KmsKeyProvider:
                 self.client.schedule_key_deletion(KeyId=meta["KeyId"], PendingWindowInDays=7)
                 return str(self.client.describe_key(KeyId=self._wanted)["KeyMetadata"]["Arn"])
         except self._errors() as exc:
-            raise Unavailable(f"KMS could not create {self._wanted}: {exc}") from None
+            log.error("KMS could not create %s: %s", self._wanted, exc)
+            raise Unavailable(
+                f"KMS could not create {self._wanted} ({exc.__class__.__name__})"
+            ) from None
 
     def wrap(self, data_key: bytes, ctx: SecretContext) -> bytes:
         """KMS Encrypt of the data key, with the secret's context as EncryptionContext."""

@@ -370,3 +370,24 @@ def test_mirror_told_the_new_config_version(settings: Settings, fail: bool) -> N
         assert [s.config_version for s in mirror.services] == [1, 2, 3]
     assert c.get(CFG).json["version"] == 3
     app.extensions["atlas"].close()
+
+
+def test_a_junk_service_name_cannot_get_other_audit_records_dropped(
+    app: Flask, web: Client, make_client: Any
+) -> None:
+    token = issue(web, "web")
+    svc = make_client(token)
+    web.put(f"{CFG}/K", json={"value": SECRET, "secret": True})
+    assert svc.get(CFG).status_code == 200  # a secret read, to be audited
+    junk = "a" * 2100  # over DynamoDB's partition key limit if it were used as one
+    assert svc.delete(f"/v1/services/{junk}").status_code in (403, 422)
+    app.extensions["atlas"].audit.flush()
+    items = web.get("/v1/audit?service=web").json["items"]
+    assert any(i["target"] == "secrets read: K" for i in items)
+    assert app.extensions["atlas"].audit.failed == 0
+
+
+def test_readyz_is_public_but_tells_no_hosts(app: Flask, make_client: Any) -> None:
+    body = make_client(None).get("/readyz").json
+    assert body["status"] == "ready"
+    assert set(body["checks"]["mirror"]) <= {"configured", "connected", "lagging", "leader"}
