@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import IO
+
+from atlas.stack.procs import stop_group
 
 log = logging.getLogger("atlas.sidecar.haproxy")
 
@@ -140,15 +141,8 @@ class HAProxy:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop master and workers (SIGTERM, then SIGKILL)."""
-        if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=timeout)
+        if self.proc is not None:
+            stop_group(self.proc, timeout)
         if self._log is not None:
             self._log.close()
             self._log = None

@@ -45,6 +45,22 @@ def wait_for_port(
     raise TimeoutError(f"nothing listened on {LOOPBACK}:{port} within {timeout}s")
 
 
+def stop_group(
+    proc: subprocess.Popen[bytes], timeout: float = 10.0, sig: int = signal.SIGTERM
+) -> None:
+    """Signal a child's whole process group, wait, then SIGKILL it if it lingers."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=timeout)
+
+
 class ManagedProcess:
     """A child process in its own process group, logged to a file, stopped on demand."""
 
@@ -93,15 +109,7 @@ class ManagedProcess:
         """Signal the whole process group, wait, then SIGKILL if needed."""
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, sig)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=timeout)
+        stop_group(self.proc, timeout, sig)
         if self._log is not None:
             self._log.close()
             self._log = None

@@ -389,3 +389,17 @@ def test_instances_are_added_before_old_ones_are_deleted() -> None:
 
     p = plan(snap(svc("a", 1)), snap(svc("a", 2)))
     assert [op.kind for op in p.ops] == ["add", "delete"]
+
+
+def test_sidecar_ships_without_flask_or_pynamodb() -> None:
+    """`atlas.sidecar` (and what it imports) never pulls in the API's dependencies."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, atlas.sidecar.cli;"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('flask', 'pynamodb', 'werkzeug',"
+        " 'flask_restful', 'marshmallow', 'boto3')];"
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
