@@ -13,7 +13,8 @@ def _ms(iso: str) -> int:
     return int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1000)
 
 
-def _dumps(obj: dict[str, Any]) -> bytes:
+def dumps(obj: dict[str, Any]) -> bytes:
+    """Canonical JSON of a znode payload (sorted keys, no spaces): equal data, equal bytes."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -46,11 +47,17 @@ class Layout:
         return f"{self.config}/{service}"
 
 
-def service_payload(svc: Service) -> bytes:
-    """The service node: name, port, health_check, version."""
+def service_payload(svc: Service, instances: int) -> bytes:
+    """The service node: name, port, health_check, version, and how many instances it has.
+
+    The count (an Atlas field) lets a consumer tell a service emptied on purpose from a view
+    that is only half there (a blip, a tree being rebuilt): it changes in the same
+    transaction as the instance nodes.
+    """
     hc = svc.health_check
-    return _dumps(
+    return dumps(
         {
+            "instances": instances,
             "name": svc.name,
             "port": svc.port,
             "health_check": (
@@ -88,17 +95,17 @@ def instance_payload(inst: Instance) -> bytes:
     }
     if not inst.enabled:
         body["haproxy_server_options"] = "disabled"
-    return _dumps(body)
+    return dumps(body)
 
 
 def config_payload(version: int) -> bytes:
     """The config stamp: the version number only, never values."""
-    return _dumps({"version": version})
+    return dumps({"version": version})
 
 
 def desired_tree(layout: Layout, service: Service, instances: list[Instance]) -> dict[str, bytes]:
     """Every node one service should have: its node, its instances and its config stamp."""
-    tree = {layout.service(service.name): service_payload(service)}
+    tree = {layout.service(service.name): service_payload(service, len(instances))}
     for inst in instances:
         tree[layout.instance(service.name, inst.id)] = instance_payload(inst)
     tree[layout.config_stamp(service.name)] = config_payload(service.config_version)

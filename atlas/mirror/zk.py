@@ -9,6 +9,7 @@ carries a DynamoDB state read after every earlier commit.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -24,13 +25,14 @@ from kazoo.exceptions import (
     NoNodeError,
     NotEmptyError,
     RolledBackError,
+    RuntimeInconsistency,
     ZookeeperError,
 )
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.retry import KazooRetry
 
 from atlas.errors import AtlasError
-from atlas.mirror.payloads import Layout, desired_tree, instance_payload
+from atlas.mirror.payloads import Layout, desired_tree, dumps, instance_payload
 from atlas.mirror.plan import Op, Plan, plan
 from atlas.registry.records import Instance, Service
 
@@ -243,22 +245,25 @@ class ZkMirror:
         self._safely(name, lambda: self.sync_service(name))
 
     def prepare_instance(self, service: str, iid: str) -> Any:
-        """Read the instance znode and the service's guard before the DynamoDB write."""
+        """Read the instance znode, its service node and the service's guard before the write."""
         if not self.connected:
             return None
         client = self.client
+        svc_path = self.layout.service(service)
         path = self.layout.instance(service, iid)
         try:
-            parent = client.exists_async(self.layout.service(service))
+            parent = client.get_async(svc_path)
             seen = self._read(client, [path, self.layout.guard(service)])
-            if parent.get(timeout=self.timeout) is None:
+            try:
+                svc_data, svc_stat = parent.get(timeout=self.timeout)
+            except NoNodeError:
                 return None  # the whole service must be (re)built: no shortcut
         except ZK_ERRORS:
             return None
         guard = seen.pop(self.layout.guard(service), None)
         if guard is None:
             return None
-        return (client, seen, guard[1])
+        return (client, seen, guard[1], (svc_data, svc_stat.version, svc_stat.numChildren))
 
     def instance_changed(
         self, service: str, iid: str, record: Instance | None, prepared: Any
@@ -267,18 +272,41 @@ class ZkMirror:
 
         def apply() -> None:
             if prepared is not None and prepared[0] is self.client:
-                client, actual, guard = prepared
+                client, actual, guard, parent = prepared
                 path = self.layout.instance(service, iid)
                 desired = {path: instance_payload(record)} if record is not None else {}
                 ops = [*plan(desired, actual).ops, *self._guard_ops(service, guard)]
-                try:
-                    self._commit(client, ops)
-                    return
-                except MirrorConflict:
-                    self.counters["cas_retries"] += 1
+                patchable, count_op = self._count_op(
+                    service, parent, path in actual, record is not None
+                )
+                if patchable:
+                    try:
+                        self._commit(client, ops + ([count_op] if count_op else []))
+                        return
+                    except MirrorConflict:
+                        self.counters["cas_retries"] += 1
             self.sync_instance(service, iid)
 
         self._safely(service, apply)
+
+    def _count_op(
+        self, service: str, parent: tuple[bytes, int, int], existed: bool, exists: bool
+    ) -> tuple[bool, Op | None]:
+        """The service node update that keeps its `instances` count (None: unchanged).
+
+        Not patchable when the node's data is not what Atlas wrote: take the full sync.
+        """
+        if existed == exists:
+            return True, None
+        data, version, children = parent
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            return False, None
+        if not isinstance(obj, dict) or obj.get("instances") != children:
+            return False, None
+        obj["instances"] = children + (1 if exists else -1)
+        return True, Op("set", self.layout.service(service), dumps(obj), version)
 
     # -------------------------------------------------------------- syncing
 
@@ -347,7 +375,9 @@ class ZkMirror:
             return
         results = self._transaction(client, ops).commit()
         failures = [r for r in results if isinstance(r, Exception)]
-        real = [r for r in failures if not isinstance(r, RolledBackError)]
+        # In a failed multi, ZooKeeper marks the ops before the failing one RolledBack and
+        # those after it RuntimeInconsistency: only the one in between says why.
+        real = [r for r in failures if not isinstance(r, RolledBackError | RuntimeInconsistency)]
         if real:
             if all(isinstance(r, CONFLICTS) for r in real):
                 raise MirrorConflict(", ".join(type(r).__name__ for r in real))
@@ -385,6 +415,8 @@ class ZkMirror:
             inst = self.source.find_instance(service, iid)
             desired = {path: instance_payload(inst)} if inst else {}
             p = plan(desired, seen)
+            if p.missing or p.extra:
+                return self.sync_service(service)  # the service node's count changes too
             try:
                 self._commit(client, [*p.ops, *self._guard_ops(service, guard[1])])
                 return p

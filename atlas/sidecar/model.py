@@ -56,6 +56,9 @@ class Service:
     name: str
     health_check: HealthCheck | None = None
     instances: tuple[Instance, ...] = ()
+    # How many instances Atlas says the service has (its node's `instances`), None if unsaid.
+    # 0 means emptied on purpose, which the last-known-good guard must not hold back.
+    declared: int | None = field(default=None, compare=False)
 
     def instance_map(self) -> dict[str, Instance]:
         """Instances by `host:port`."""
@@ -192,6 +195,7 @@ def parse_service(
     warnings: list[str] = []
     obj = _load_json(data)
     health: HealthCheck | None = None
+    declared: int | None = None
     if obj is None:
         if data:
             warnings.append(f"service node {name!r}: data is not a JSON object, no health check")
@@ -199,6 +203,9 @@ def parse_service(
         health = parse_health_check(obj.get("health_check"))
         if obj.get("health_check") and health is None:
             warnings.append(f"service {name!r}: invalid health_check ignored")
+        count = obj.get("instances")
+        if isinstance(count, int) and not isinstance(count, bool) and count >= 0:
+            declared = count
     instances: list[Instance] = []
     for child, child_data in children.items():
         inst, warning = parse_instance(child, child_data)
@@ -206,7 +213,8 @@ def parse_service(
             warnings.append(f"service {name!r}: {warning}")
         if inst is not None:
             instances.append(inst)
-    return Service(name=name, health_check=health).with_instances(tuple(instances)), warnings
+    service = Service(name=name, health_check=health, declared=declared)
+    return service.with_instances(tuple(instances)), warnings
 
 
 def build_snapshot(

@@ -26,8 +26,9 @@ def guard(
 ) -> Guarded:
     """Keep a service's last instances when the view suddenly empties it, for up to grace_s.
 
-    A wiped tree being rebuilt, or a half-read view, shows a backend with no instance; a real
-    removal (cascade delete) persists past the grace period and is then applied.
+    A wiped tree being rebuilt, or a half-read view, shows a backend with no instance. A service
+    whose node says it has 0 instances was emptied on purpose and is applied at once; a whole
+    service that vanished is held for the grace period, then applied.
     """
     if previous is None:
         return Guarded(view, (), {})
@@ -38,8 +39,8 @@ def guard(
         if not old.instances:
             continue
         current = services.get(old.name)
-        if current is not None and current.instances:
-            continue
+        if current is not None and (current.instances or current.declared == 0):
+            continue  # still has instances, or Atlas says it was emptied on purpose
         since = held_since.get(old.name, now)
         if now - since < grace_s:
             new_since[old.name] = since

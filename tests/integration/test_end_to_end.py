@@ -115,6 +115,16 @@ def test_api_to_haproxy_through_the_smart_client(
         assert failures == []
         assert status()["reloads"] > reloads_before
         assert status()["stale"] is False
+
+        # Detaching a service's last instance is not a blip: it applies at once, not after the
+        # sidecar's 60 s last-known-good grace.
+        api.delete(f"/v1/services/teams/instances/127.0.0.1:{b2}")
+        wait_until(
+            lambda: client.get("service://teams/", retries=False).status_code == 503,
+            timeout=20,
+            what="empty backend answers 503",
+        )
+        assert status()["stale"] is False
     finally:
         sidecar.stop()
         log = (tmp_path / "sidecar.log").read_text(errors="replace")

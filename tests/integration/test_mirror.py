@@ -38,7 +38,7 @@ def test_every_mutation_produces_exactly_the_design_znodes(
     svc = api.post("/v1/services", json={"name": "identity", "port": 8000,
                    "health_check": {"path": "/health"}}).json()  # fmt: skip
     assert tree()[f"{root}/services/identity"] == {
-        "name": "identity", "port": 8000, "version": 1,
+        "name": "identity", "port": 8000, "version": 1, "instances": 0,
         "health_check": {"path": "/health", "interval_s": 10, "timeout_s": 2},
     }  # fmt: skip
     assert tree()[f"{root}/config/identity"] == {"version": 0}
@@ -55,6 +55,7 @@ def test_every_mutation_produces_exactly_the_design_znodes(
     }  # fmt: skip
     assert isinstance(node["registrationTimeUTC"], int) and node["registrationTimeUTC"] > 1.7e12
 
+    assert tree()[f"{root}/services/identity"]["instances"] == 1
     api.put("/v1/services/identity/instances/10.1.0.5:8000", json={"weight": 5})
     node = tree()[f"{root}/services/identity/10.1.0.5:8000"]
     assert (node["weight"], node["labels"], node["version"]) == (5, {}, 2)
@@ -74,8 +75,10 @@ def test_every_mutation_produces_exactly_the_design_znodes(
     api.patch("/v1/services/identity", json={"port": 9000})
     assert tree()[f"{root}/services/identity"]["port"] == 9000
 
+    assert tree()[f"{root}/services/identity"]["instances"] == 2
     api.delete("/v1/services/identity/instances/10.1.0.6:8000")
     assert f"{root}/services/identity/10.1.0.6:8000" not in tree()
+    assert tree()[f"{root}/services/identity"]["instances"] == 1
     assert mirrored(zk_server.address, moto_server, realm)
 
     assert api.delete("/v1/services/identity?cascade=true").status_code == 204

@@ -403,3 +403,20 @@ def test_sidecar_ships_without_flask_or_pynamodb() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_guard_applies_a_service_emptied_on_purpose_at_once() -> None:
+    """Atlas's `instances: 0` on the service node says the empty view is not a blip."""
+    from dataclasses import replace
+
+    from atlas.sidecar.plan import guard
+
+    before = snap(svc("a", 1, 2))
+    blip = snap(svc("a"))  # no count: could be a half-read view, so hold
+    held = guard(before, blip, 10.0, {}, 60.0)
+    assert held.held == ("a",) and held.snapshot == before
+    emptied = snap(replace(svc("a"), declared=0))
+    applied = guard(before, emptied, 10.0, {}, 60.0)
+    assert applied.held == () and applied.snapshot.get("a").instances == ()  # type: ignore[union-attr]
+    rebuilding = snap(replace(svc("a"), declared=2))  # Atlas says 2, none visible yet: hold
+    assert guard(before, rebuilding, 10.0, {}, 60.0).held == ("a",)

@@ -43,8 +43,8 @@ def test_plan_orders_deletes_deep_first_and_creates_shallow_first() -> None:
 
 
 def test_payloads_follow_the_design_layout() -> None:
-    s = json.loads(service_payload(svc(health_check=HealthCheck("/h", 5, 1))))
-    assert s == {"name": "api", "port": 80, "version": 3,
+    s = json.loads(service_payload(svc(health_check=HealthCheck("/h", 5, 1)), 2))
+    assert s == {"name": "api", "port": 80, "version": 3, "instances": 2,
                  "health_check": {"path": "/h", "interval_s": 5, "timeout_s": 1}}  # fmt: skip
     on = json.loads(instance_payload(inst()))
     assert on["registrationTimeUTC"] == 1767225601500
