@@ -124,7 +124,7 @@ def test_api_to_haproxy_through_the_smart_client(
             timeout=20,
             what="empty backend answers 503",
         )
-        assert status()["stale"] is False
+        wait_until(lambda: status()["stale"] is False, what="nothing held back")
     finally:
         sidecar.stop()
         log = (tmp_path / "sidecar.log").read_text(errors="replace")
