@@ -252,17 +252,19 @@ class ZkMirror:
         svc_path = self.layout.service(service)
         path = self.layout.instance(service, iid)
         try:
+            # The guard first: one session's requests are served in order, so any commit that
+            # lands after this read fails our CAS, whatever it did to the nodes read after it.
+            guard_read = client.get_async(self.layout.guard(service))
             parent = client.get_async(svc_path)
-            seen = self._read(client, [path, self.layout.guard(service)])
+            seen = self._read(client, [path])
             try:
+                _, guard_stat = guard_read.get(timeout=self.timeout)
                 svc_data, svc_stat = parent.get(timeout=self.timeout)
             except NoNodeError:
                 return None  # the whole service must be (re)built: no shortcut
         except ZK_ERRORS:
             return None
-        guard = seen.pop(self.layout.guard(service), None)
-        if guard is None:
-            return None
+        guard = (b"", guard_stat.version)
         return (client, seen, guard[1], (svc_data, svc_stat.version, svc_stat.numChildren))
 
     def instance_changed(
@@ -300,10 +302,11 @@ class ZkMirror:
             return True, None
         data, version, children = parent
         try:
-            obj = json.loads(data)
-        except ValueError:
+            obj = json.loads(data or b"null")
+        except (TypeError, ValueError):
             return False, None
-        if not isinstance(obj, dict) or obj.get("instances") != children:
+        count = obj.get("instances") if isinstance(obj, dict) else None
+        if isinstance(count, bool) or count != children:
             return False, None
         obj["instances"] = children + (1 if exists else -1)
         return True, Op("set", self.layout.service(service), dumps(obj), version)

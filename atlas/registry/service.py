@@ -264,20 +264,27 @@ class Registry:
         condition = model.name.exists() & (model.deleting == False)  # noqa: E712
         if if_match is not None:
             condition &= model.version == if_match
-        with _store("updating the service"):
-            try:
-                raw = model._get_connection().update_item(
-                    name, actions=actions, condition=condition, return_values="ALL_NEW"
-                )
-            except PynamoDBException as exc:
-                if not _conditional(exc):
-                    raise
-                current = self._load_service(name)  # NotFound if it is gone
-                if current.deleting:
-                    raise Conflict(f"service {name!r} is being deleted") from None
+        raw: dict[str, Any] | None = None
+        for _ in range(MAX_RACE_RETRIES):
+            with _store("updating the service"):
+                try:
+                    raw = model._get_connection().update_item(
+                        name, actions=actions, condition=condition, return_values="ALL_NEW"
+                    )
+                    break
+                except PynamoDBException as exc:
+                    if not _conditional(exc):
+                        raise
+            current = self._load_service(name)  # NotFound if it is gone
+            if current.deleting:
+                raise Conflict(f"service {name!r} is being deleted")
+            if if_match is not None and current.version != if_match:
                 raise PreconditionFailed(
                     f"service {name!r} is at version {current.version}, not {if_match}"
-                ) from None
+                )
+            # A plain DELETE marked the service for a moment and let go: try again.
+        if raw is None:
+            raise Conflict(f"service {name!r} kept changing; retry")
         record = self.service_record(model.from_raw_data(raw["Attributes"]))
         self._mirror("put_service", self.mirror.put_service, record)
         return record
@@ -368,16 +375,45 @@ class Registry:
                 f"service {name!r} still has instances or config; "
                 "detach and delete them or use ?cascade=true"
             )
+        svc = self.models.Service
+        owned = svc.deleting_by == owner
+        # Every step checks that this DELETE still owns the mark: a second cascade (a client's
+        # retry) that finds the service re-created after the first one finished must not
+        # delete the new service's instances, config or tokens.
         with _store("deleting the service's instances"):
             for inst in self.models.Instance.query(name, consistent_read=True):
-                inst.delete(add_version_condition=False)
+                try:
+                    with TransactWrite(connection=svc._get_connection().connection) as tx:
+                        tx.condition_check(svc, name, condition=owned)
+                        tx.delete(inst, add_version_condition=False)
+                except TransactWriteError as exc:
+                    if (_cancellation_codes(exc) or [None])[0] == "ConditionalCheckFailed":
+                        return  # another DELETE took over, or this service is a new one
+                    raise
+        if not self._owns(name, owner):
+            return
         self._purge_config_and_tokens(name)
         with _store("deleting the service"):
-            self.models.Service(name).delete(add_version_condition=False)
-        # The tokens index is eventually consistent: sweep once more now that nothing can
-        # issue a token for this service any longer.
-        self._purge_config_and_tokens(name)
+            try:
+                svc(name).delete(condition=owned, add_version_condition=False)
+            except PynamoDBException as exc:
+                if _conditional(exc):
+                    return
+                raise
+        # The tokens index is eventually consistent: sweep once more, now that no token can be
+        # issued for this name (unless it was created again meanwhile).
+        if self.find_service(name) is None:
+            self._purge_config_and_tokens(name)
         self._mirror("delete_service", self.mirror.delete_service, name)
+
+    def _owns(self, name: str, owner: str) -> bool:
+        """True while the service exists and its `deleting` mark is this DELETE's."""
+        with _store("reading a service"):
+            try:
+                m = self.models.Service.get(name, consistent_read=True)
+            except self.models.Service.DoesNotExist:
+                return False
+        return bool(m.deleting_by == owner)
 
     # --------------------------------------------------------------- instances
 

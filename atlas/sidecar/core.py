@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from atlas.sidecar.haproxy import HAProxyError, write_atomic
 from atlas.sidecar.model import Snapshot
 from atlas.sidecar.plan import guard, plan
-from atlas.sidecar.render import RenderOptions, render
+from atlas.sidecar.render import RenderOptions, render, server_name
 from atlas.sidecar.timing import Backoff, Debouncer, ReloadPacer
 
 log = logging.getLogger("atlas.sidecar")
@@ -345,6 +345,10 @@ class Sidecar:
     def _retry_draining(self) -> None:
         """Delete servers that were busy when their instance went away (no reload needed)."""
         for backend, server in sorted(self._draining):
+            wanted = self.desired.get(backend) if self.desired is not None else None
+            if wanted is not None and any(server_name(i) == server for i in wanted.instances):
+                self._draining.discard((backend, server))  # wanted again: never delete it
+                continue
             answer = self._admin(f"del server {backend}/{server}")
             if answer in _OK_ANSWERS or "No such server" in answer or "No such backend" in answer:
                 self._draining.discard((backend, server))
@@ -355,7 +359,9 @@ class Sidecar:
             if op.kind == "add" and (op.backend, op.server) in self._draining:
                 self._retry_draining()
                 if (op.backend, op.server) in self._draining:
-                    return False  # still there: let the reload re-create it cleanly
+                    # Still there: the reload re-creates it cleanly; stop trying to delete it.
+                    self._draining.discard((op.backend, op.server))
+                    return False
             for cmd in op.commands:
                 answer = self._admin(cmd)
                 if op.kind == "delete" and cmd.startswith("del ") and "connections" in answer:

@@ -162,3 +162,38 @@ def test_a_service_delete_and_create_racing_leave_the_truth(
         assert tree(zk_server.address, realm) == {}
     finally:
         m.stop()
+
+
+def test_a_commit_landing_inside_a_pre_read_cannot_slip_past_the_guard(
+    zk_server: ZooKeeperServer, realm: str
+) -> None:
+    """B's mirror commit lands while A is still reading (right at A's guard read): A must
+    either have seen all of B's commit or fail its CAS. Ends with ZooKeeper == DynamoDB."""
+    truth = ScriptedTruth([svc("s")], [])
+    m = ZkMirror(zk_server.address, realm, timeout=5)
+    m.bind(truth)
+    m.connect()
+    try:
+        m.put_service(svc("s"))
+        x = inst("s", 1)
+        prepared_b = m.prepare_instance("s", x.id)
+        truth.order = [x]  # B's DynamoDB put
+        guard_path = m.layout.guard("s")
+        real = m.client.get_async
+        fired: list[bool] = []
+
+        def hooked(path: str, *args: object, **kwargs: object) -> object:
+            if path == guard_path and not fired:
+                fired.append(True)
+                m.instance_changed("s", x.id, x, prepared_b)  # B's commit lands now
+            return real(path, *args, **kwargs)
+
+        m.client.get_async = hooked  # type: ignore[method-assign]
+        prepared_a = m.prepare_instance("s", x.id)
+        m.client.get_async = real  # type: ignore[method-assign]
+        assert fired
+        truth.order = []  # A's DynamoDB delete, the last write
+        m.instance_changed("s", x.id, None, prepared_a)
+        assert tree(zk_server.address, realm) == expected(truth, realm)
+    finally:
+        m.stop()

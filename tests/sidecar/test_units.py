@@ -420,3 +420,36 @@ def test_guard_applies_a_service_emptied_on_purpose_at_once() -> None:
     assert applied.held == () and applied.snapshot.get("a").instances == ()  # type: ignore[union-attr]
     rebuilding = snap(replace(svc("a"), declared=2))  # Atlas says 2, none visible yet: hold
     assert guard(before, rebuilding, 10.0, {}, 60.0).held == ("a",)
+
+
+def test_a_draining_server_that_is_wanted_again_is_never_deleted(loop):  # type: ignore[no-untyped-def]
+    sc, clock, source, proxy = loop
+    source.publish(snap(svc("a", 1, 2)))
+    clock.t += 1
+    sc.step()
+    busy = {"a/10.0.0.1:2"}
+    answer = proxy.admin
+
+    def admin(command: str) -> str:
+        if command.startswith("del server ") and command.split()[-1] in busy:
+            proxy.commands.append(command)
+            return "Server still has connections attached to it, cannot remove it."
+        return answer(command)
+
+    proxy.admin = admin
+    source.publish(snap(svc("a", 1)))  # removed while busy: drained
+    clock.t += 0.1
+    sc.step()
+    assert ("a", "10.0.0.1:2") in sc._draining
+    source.publish(snap(svc("a", 1, 2)))  # registered again before the delete went through
+    clock.t += 0.1
+    sc.step()
+    busy.clear()  # its old connections finish
+    n = len(proxy.commands)
+    for _ in range(3):
+        clock.t += 0.1
+        sc.step()
+    assert "del server a/10.0.0.1:2" not in proxy.commands[n:]
+    clock.t += 5  # past the reload pacing: the wanted server is back in the running config
+    sc.step()
+    assert sc.running == snap(svc("a", 1, 2)) and not sc._draining

@@ -118,3 +118,12 @@ def test_writes_while_disconnected_mark_the_service_dirty() -> None:
     m.instance_changed("web", "10.0.0.1:80", inst(service="web"), m.prepare_instance("web", "x"))
     assert set(m.dirty) == {"api", "web"}
     assert m.status()["lagging"] is True
+
+
+def test_count_patch_falls_back_on_a_service_node_it_did_not_write() -> None:
+    m = ZkMirror("zk:2181", "prod", client_factory=lambda h, t: FakeClient())  # type: ignore[arg-type,return-value]
+    ok = b'{"instances":2,"name":"s"}'
+    assert m._count_op("s", (ok, 5, 2), existed=False, exists=True)[1] is not None
+    assert m._count_op("s", (ok, 5, 2), existed=True, exists=True) == (True, None)
+    for data in (None, b"", b"not json", b"[1]", b'{"instances":true}', b'{"instances":3}'):
+        assert m._count_op("s", (data, 5, 1), existed=False, exists=True) == (False, None)  # type: ignore[arg-type]

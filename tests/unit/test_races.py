@@ -72,3 +72,41 @@ def test_enable_with_a_reason_in_the_same_patch(client: Client, reason: str | No
     resp = client.patch(url, json={"enabled": True, "disabled_reason": reason})
     assert resp.status_code == 200, resp.json
     assert resp.json["enabled"] is True and resp.json["disabled_reason"] is None
+
+
+def test_a_stale_cascade_does_not_delete_a_service_created_again(
+    app: Flask, client: Client
+) -> None:
+    """A retried cascade DELETE that lost the mark stops; it never deletes the new service."""
+    reg = registry(app)
+    reg.create_service({"name": "api"})
+    reg.put_instance("api", "10.0.0.1", 80, {})
+    real_owns = reg._owns
+    calls = {"n": 0}
+
+    def owns_after_takeover(name: str, owner: str) -> bool:
+        # Before this DELETE reaches its second phase, another cascade takes the mark over.
+        calls["n"] += 1
+        reg._mark_deleting(name, "the-other-cascade", None, take_over=True)
+        return real_owns(name, owner)
+
+    reg._owns = owns_after_takeover  # type: ignore[method-assign]
+    reg.delete_service("api", cascade=True)
+    assert calls["n"] == 1
+    assert client.get("/v1/services/api").status_code == 200  # not deleted by the stale one
+
+
+def test_patch_retries_past_a_plain_delete_that_let_go(app: Flask, client: Client) -> None:
+    reg = registry(app)
+    reg.create_service({"name": "api"})
+    reg._mark_deleting("api", "plain-delete", None, take_over=False)
+    real_load = reg._load_service
+
+    def load_after_release(name: str) -> object:
+        reg._unmark_deleting(name, "plain-delete")  # the plain DELETE found children, let go
+        return real_load(name)
+
+    reg._load_service = load_after_release  # type: ignore[method-assign]
+    resp = client.patch("/v1/services/api", json={"owner": "x"})
+    assert resp.status_code == 200, resp.json
+    assert resp.json["owner"] == "x"
