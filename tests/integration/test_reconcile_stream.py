@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
+import pytest
 from kazoo.client import KazooClient
 
-from atlas.mirror import ZkMirror
+from atlas.mirror import MirrorConflict, ZkMirror, plan
 from atlas.mirror.payloads import Layout, desired_tree
 from atlas.registry import Instance, Service
 from atlas.stack import ZooKeeperServer
+
+MakeMirror = Callable[["ScriptedTruth"], ZkMirror]
 
 
 def svc(name: str) -> Service:
@@ -74,126 +77,117 @@ def expected(truth: ScriptedTruth, realm: str) -> dict[str, bytes]:
     return out
 
 
+@pytest.fixture
+def mirror_on(zk_server: ZooKeeperServer, realm: str) -> Iterator[MakeMirror]:
+    """Connected mirrors of the test's realm over a scripted truth, stopped at teardown."""
+    made: list[ZkMirror] = []
+
+    def make(truth: ScriptedTruth) -> ZkMirror:
+        m = ZkMirror(zk_server.address, realm, timeout=5)
+        m.bind(truth)
+        m.connect()
+        made.append(m)
+        return m
+
+    yield make
+    for m in made:
+        m.stop()
+
+
 def test_split_scan_and_every_kind_of_drift_converge(
-    zk_server: ZooKeeperServer, realm: str
+    zk_server: ZooKeeperServer, realm: str, mirror_on: MakeMirror
 ) -> None:
     a, b, c = svc("a"), svc("b"), svc("c")
     # "a" comes back after "b": its first chunk must not delete a's later instances.
     order = [inst("a", 1), inst("a", 2), inst("b", 1), inst("a", 3), inst("c", 1)]
     truth = ScriptedTruth([a, b, c], order)
-    m = ZkMirror(zk_server.address, realm, timeout=5)
-    m.bind(truth)
-    m.connect()
-    try:
-        first = m.reconcile()
-        assert tree(zk_server.address, realm) == expected(truth, realm)
-        assert first["drift_found"]["missing"] == len(expected(truth, realm))
+    m = mirror_on(truth)
+    first = m.reconcile()
+    assert tree(zk_server.address, realm) == expected(truth, realm)
+    assert first["drift_found"]["missing"] == len(expected(truth, realm))
 
-        k = KazooClient(zk_server.address)
-        k.start()
-        base = f"/atlas/{realm}/services"
-        k.delete(f"{base}/a/10.0.0.2:80")  # missing
-        k.set(f"{base}/c/10.0.0.1:80", b'{"stale": true}')  # stale
-        k.create(f"{base}/b/10.9.9.9:80", b"{}")  # extra instance
-        k.create(f"{base}/zombie", b"{}")  # extra service
-        k.create(f"{base}/zombie/10.1.1.1:80", b"{}")
-        k.stop()
-        k.close()
-        truth.order = [inst("c", 1, weight=7), *order[:4]]  # and a real change meanwhile
-        second = m.reconcile()
-        assert tree(zk_server.address, realm) == expected(truth, realm)
-        assert second["drift_found"] == {"missing": 1, "stale": 1, "extra": 3}
-        assert json.loads(tree(zk_server.address, realm)[f"{base}/c/10.0.0.1:80"])["weight"] == 7
-        assert m.reconcile()["drift_found"] == {"missing": 0, "stale": 0, "extra": 0}
-    finally:
-        m.stop()
+    k = KazooClient(zk_server.address)
+    k.start()
+    base = f"/atlas/{realm}/services"
+    k.delete(f"{base}/a/10.0.0.2:80")  # missing
+    k.set(f"{base}/c/10.0.0.1:80", b'{"stale": true}')  # stale
+    k.create(f"{base}/b/10.9.9.9:80", b"{}")  # extra instance
+    k.create(f"{base}/zombie", b"{}")  # extra service
+    k.create(f"{base}/zombie/10.1.1.1:80", b"{}")
+    k.stop()
+    k.close()
+    truth.order = [inst("c", 1, weight=7), *order[:4]]  # and a real change meanwhile
+    second = m.reconcile()
+    assert tree(zk_server.address, realm) == expected(truth, realm)
+    assert second["drift_found"] == {"missing": 1, "stale": 1, "extra": 3}
+    assert json.loads(tree(zk_server.address, realm)[f"{base}/c/10.0.0.1:80"])["weight"] == 7
+    assert m.reconcile()["drift_found"] == {"missing": 0, "stale": 0, "extra": 0}
 
 
 def test_a_put_and_a_delete_racing_on_an_absent_node_leave_no_ghost(
-    zk_server: ZooKeeperServer, realm: str
+    zk_server: ZooKeeperServer, realm: str, mirror_on: MakeMirror
 ) -> None:
     """A reads "absent" and writes DynamoDB; B reads "absent", deletes in DynamoDB, and has
     nothing to change in ZooKeeper; A's create must not land on top of B's delete."""
     truth = ScriptedTruth([svc("s")], [])
-    m = ZkMirror(zk_server.address, realm, timeout=5)
-    m.bind(truth)
-    m.connect()
-    try:
-        m.put_service(svc("s"))
-        record = inst("s", 1)
-        prepared_a = m.prepare_instance("s", record.id)
-        truth.order = [record]  # A's DynamoDB put
-        prepared_b = m.prepare_instance("s", record.id)
-        truth.order = []  # B's DynamoDB delete
-        m.instance_changed("s", record.id, None, prepared_b)
-        m.instance_changed("s", record.id, record, prepared_a)  # A's mirror step lands last
-        assert m.client.exists(m.layout.instance("s", record.id)) is None
-        assert tree(zk_server.address, realm) == expected(truth, realm)
-        assert not m.dirty
-    finally:
-        m.stop()
+    m = mirror_on(truth)
+    m.put_service(svc("s"))
+    record = inst("s", 1)
+    prepared_a = m.prepare_instance("s", record.id)
+    truth.order = [record]  # A's DynamoDB put
+    prepared_b = m.prepare_instance("s", record.id)
+    truth.order = []  # B's DynamoDB delete
+    m.instance_changed("s", record.id, None, prepared_b)
+    m.instance_changed("s", record.id, record, prepared_a)  # A's mirror step lands last
+    assert m.client.exists(m.layout.instance("s", record.id)) is None
+    assert tree(zk_server.address, realm) == expected(truth, realm)
+    assert not m.dirty
 
 
 def test_a_service_delete_and_create_racing_leave_the_truth(
-    zk_server: ZooKeeperServer, realm: str
+    zk_server: ZooKeeperServer, realm: str, mirror_on: MakeMirror
 ) -> None:
     """Both writers read an empty tree; the deleter has nothing to remove yet."""
     truth = ScriptedTruth([], [])
-    m = ZkMirror(zk_server.address, realm, timeout=5)
-    m.bind(truth)
-    m.connect()
-    try:
-        m._ensure_roots(m.client)
-        seen_a = m._read_subtree(m.client, "s")  # the creator reads (nothing), then DynamoDB
-        m.sync_service("s")  # the deleter: an empty plan, but it still bumps the guard
-        actual, guard = seen_a
-        creator_ops = [
-            *__import__("atlas.mirror", fromlist=["plan"])
-            .plan(desired_tree(Layout(realm), svc("s"), []), actual)
-            .ops,
-            *m._guard_ops("s", guard),
-        ]
-        import pytest
-
-        from atlas.mirror import MirrorConflict
-
-        with pytest.raises(MirrorConflict):
-            m._commit(m.client, creator_ops)  # the stale creator loses
-        assert tree(zk_server.address, realm) == {}
-    finally:
-        m.stop()
+    m = mirror_on(truth)
+    m._ensure_roots(m.client)
+    seen_a = m._read_subtree(m.client, "s")  # the creator reads (nothing), then DynamoDB
+    m.sync_service("s")  # the deleter: an empty plan, but it still bumps the guard
+    actual, guard = seen_a
+    creator_ops = [
+        *plan(desired_tree(Layout(realm), svc("s"), []), actual).ops,
+        *m._guard_ops("s", guard),
+    ]
+    with pytest.raises(MirrorConflict):
+        m._commit(m.client, creator_ops)  # the stale creator loses
+    assert tree(zk_server.address, realm) == {}
 
 
 def test_a_commit_landing_inside_a_pre_read_cannot_slip_past_the_guard(
-    zk_server: ZooKeeperServer, realm: str
+    zk_server: ZooKeeperServer, realm: str, mirror_on: MakeMirror
 ) -> None:
     """B's mirror commit lands while A is still reading (right at A's guard read): A must
     either have seen all of B's commit or fail its CAS. Ends with ZooKeeper == DynamoDB."""
     truth = ScriptedTruth([svc("s")], [])
-    m = ZkMirror(zk_server.address, realm, timeout=5)
-    m.bind(truth)
-    m.connect()
-    try:
-        m.put_service(svc("s"))
-        x = inst("s", 1)
-        prepared_b = m.prepare_instance("s", x.id)
-        truth.order = [x]  # B's DynamoDB put
-        guard_path = m.layout.guard("s")
-        real = m.client.get_async
-        fired: list[bool] = []
+    m = mirror_on(truth)
+    m.put_service(svc("s"))
+    x = inst("s", 1)
+    prepared_b = m.prepare_instance("s", x.id)
+    truth.order = [x]  # B's DynamoDB put
+    guard_path = m.layout.guard("s")
+    real = m.client.get_async
+    fired: list[bool] = []
 
-        def hooked(path: str, *args: object, **kwargs: object) -> object:
-            if path == guard_path and not fired:
-                fired.append(True)
-                m.instance_changed("s", x.id, x, prepared_b)  # B's commit lands now
-            return real(path, *args, **kwargs)
+    def hooked(path: str, *args: object, **kwargs: object) -> object:
+        if path == guard_path and not fired:
+            fired.append(True)
+            m.instance_changed("s", x.id, x, prepared_b)  # B's commit lands now
+        return real(path, *args, **kwargs)
 
-        m.client.get_async = hooked  # type: ignore[method-assign]
-        prepared_a = m.prepare_instance("s", x.id)
-        m.client.get_async = real  # type: ignore[method-assign]
-        assert fired
-        truth.order = []  # A's DynamoDB delete, the last write
-        m.instance_changed("s", x.id, None, prepared_a)
-        assert tree(zk_server.address, realm) == expected(truth, realm)
-    finally:
-        m.stop()
+    m.client.get_async = hooked  # type: ignore[method-assign]
+    prepared_a = m.prepare_instance("s", x.id)
+    m.client.get_async = real  # type: ignore[method-assign]
+    assert fired
+    truth.order = []  # A's DynamoDB delete, the last write
+    m.instance_changed("s", x.id, None, prepared_a)
+    assert tree(zk_server.address, realm) == expected(truth, realm)

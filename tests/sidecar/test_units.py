@@ -249,6 +249,24 @@ class FakeProxy:
         return 1000 + self.reloads
 
 
+def refuse_deletes(proxy: FakeProxy, *servers: str) -> set[str]:
+    """Make `del server` fail for these servers, as HAProxy does while connections are attached.
+
+    Returns the set; empty it to let the deletes through.
+    """
+    busy = set(servers)
+    answer = proxy.admin
+
+    def admin(command: str) -> str:
+        if command.startswith("del server ") and command.split()[-1] in busy:
+            proxy.commands.append(command)
+            return "Server still has connections attached to it, cannot remove it."
+        return answer(command)
+
+    proxy.admin = admin  # type: ignore[method-assign]
+    return busy
+
+
 class Clock:
     def __init__(self) -> None:
         self.t = 1000.0
@@ -358,16 +376,7 @@ def test_busy_server_is_drained_not_reloaded(loop):  # type: ignore[no-untyped-d
     clock.t += 1
     sc.step()
     assert proxy.reloads == 1
-    busy = {"a/10.0.0.1:2"}
-    answer = proxy.admin
-
-    def admin(command: str) -> str:
-        if command.startswith("del server ") and command.split()[-1] in busy:
-            proxy.commands.append(command)
-            return "Server still has connections attached to it, cannot remove it."
-        return answer(command)
-
-    proxy.admin = admin
+    busy = refuse_deletes(proxy, "a/10.0.0.1:2")
     source.publish(snap(svc("a", 1)))
     clock.t += 0.1
     sc.step()
@@ -427,16 +436,7 @@ def test_a_draining_server_that_is_wanted_again_is_never_deleted(loop):  # type:
     source.publish(snap(svc("a", 1, 2)))
     clock.t += 1
     sc.step()
-    busy = {"a/10.0.0.1:2"}
-    answer = proxy.admin
-
-    def admin(command: str) -> str:
-        if command.startswith("del server ") and command.split()[-1] in busy:
-            proxy.commands.append(command)
-            return "Server still has connections attached to it, cannot remove it."
-        return answer(command)
-
-    proxy.admin = admin
+    busy = refuse_deletes(proxy, "a/10.0.0.1:2")
     source.publish(snap(svc("a", 1)))  # removed while busy: drained
     clock.t += 0.1
     sc.step()
