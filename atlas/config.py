@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-REALM_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+from atlas.contract import REALM_RE
 
 
 class ConfigError(ValueError):

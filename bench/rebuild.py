@@ -16,8 +16,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from kazoo.client import KazooClient
 
 from atlas.config import Settings
+from atlas.contract import Layout
 from atlas.migrate import Migrator
-from atlas.mirror import Layout, ZkMirror
+from atlas.mirror import ZkMirror
 from atlas.mirror.payloads import desired_tree
 from atlas.registry import Registry, build_models_for
 from bench._stack import ADMIN, start_moto, start_zk

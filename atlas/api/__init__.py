@@ -12,7 +12,7 @@ from atlas.api import config_resources as c
 from atlas.api import resources as r
 from atlas.api.auth import TOPOLOGY
 from atlas.api.problems import problem_response
-from atlas.registry.validation import is_service_name
+from atlas.contract import is_service_name
 
 log = logging.getLogger(__name__)
 

@@ -12,12 +12,12 @@ from atlas.api import schemas as s
 from atlas.api.auth import ADMIN, CONFIG, Principal
 from atlas.api.http import etag, if_match, if_match_star, load_body, load_query
 from atlas.api.resources import Result, page_args
+from atlas.contract import check_config_key, check_service_name
 from atlas.errors import ValidationFailed
 from atlas.registry.audit import AuditLog
-from atlas.registry.config import ConfigStore, check_config_key
+from atlas.registry.config import ConfigStore
 from atlas.registry.records import ConfigEntry
 from atlas.registry.tokens import TokenStore
-from atlas.registry.validation import check_service_name
 
 entry_out = s.ConfigEntrySchema()
 token_out = s.TokenSchema()

@@ -16,9 +16,9 @@ from atlas.api.http import (
     load_body,
     load_query,
 )
+from atlas.contract import HOST_RULE, check_service_name, normalize_host, parse_instance_id
 from atlas.errors import NotFound, PreconditionFailed, ValidationFailed
 from atlas.registry import Instance, Registry, Service
-from atlas.registry.validation import check_service_name, normalize_host, parse_instance_id
 
 service_out = s.ServiceSchema()
 instance_out = s.InstanceSchema()
@@ -183,9 +183,7 @@ class InstanceItem(Resource):
 def _host(host: str) -> str:
     normalized = normalize_host(host)
     if normalized is None:
-        raise ValidationFailed(
-            f"invalid host {host[:80]!r}", {"host": ["Must be a hostname or an IP address."]}
-        )
+        raise ValidationFailed(f"invalid host {host[:80]!r}", {"host": [HOST_RULE]})
     return normalized
 
 

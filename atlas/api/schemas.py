@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from marshmallow import (
@@ -14,11 +13,20 @@ from marshmallow import (
     validates_schema,
 )
 
-from atlas.registry.validation import SERVICE_NAME_RE, normalize_host
-
-TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}$")
-LABEL_KEY_RE = re.compile(
-    r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?(/[A-Za-z0-9_.-]{1,63})?$"
+from atlas.contract import (
+    DEFAULT_WEIGHT,
+    HEALTH_CHECK_PATH_MAX,
+    HEALTH_CHECK_PATH_RE,
+    HEALTH_CHECK_PATH_RULE,
+    HOST_RULE,
+    LABEL_KEY_RE,
+    PORT_MAX,
+    PORT_MIN,
+    SERVICE_NAME_RE,
+    TAG_RE,
+    WEIGHT_MAX,
+    WEIGHT_MIN,
+    normalize_host,
 )
 
 
@@ -43,7 +51,7 @@ class StrictBoolean(fields.Boolean):
 class Host(fields.String):
     """A hostname or an IP address, normalized."""
 
-    default_error_messages = {"host": "Must be a hostname or an IP address."}
+    default_error_messages = {"host": HOST_RULE}
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         raw = super()._deserialize(value, attr, data, **kwargs)
@@ -63,7 +71,7 @@ class FullMatch(validate.Regexp):
 
 
 def _port(**kwargs: Any) -> StrictInteger:
-    return StrictInteger(validate=validate.Range(1, 65535), **kwargs)
+    return StrictInteger(validate=validate.Range(PORT_MIN, PORT_MAX), **kwargs)
 
 
 class StrictSchema(Schema):
@@ -78,7 +86,10 @@ class HealthCheckSchema(StrictSchema):
 
     path = fields.String(
         required=True,
-        validate=[validate.Length(1, 1024), FullMatch(r"^/[\x21-\x7e]*$")],
+        validate=[
+            validate.Length(1, HEALTH_CHECK_PATH_MAX),
+            FullMatch(HEALTH_CHECK_PATH_RE, error=HEALTH_CHECK_PATH_RULE),
+        ],
     )
     interval_s = StrictInteger(load_default=10, validate=validate.Range(1, 3600))
     timeout_s = StrictInteger(load_default=2, validate=validate.Range(1, 600))
@@ -145,7 +156,9 @@ class InstancePutSchema(StrictSchema):
     host = Host()
     port = _port()
     enabled = StrictBoolean(load_default=True)
-    weight = StrictInteger(load_default=100, validate=validate.Range(0, 256))
+    weight = StrictInteger(
+        load_default=DEFAULT_WEIGHT, validate=validate.Range(WEIGHT_MIN, WEIGHT_MAX)
+    )
     zone = fields.String(load_default=None, allow_none=True, validate=validate.Length(1, 64))
     labels = _labels()
     disabled_reason = fields.String(
@@ -157,7 +170,7 @@ class InstancePatchSchema(StrictSchema):
     """Body of PATCH on an instance: any subset of the mutable fields."""
 
     enabled = StrictBoolean()
-    weight = StrictInteger(validate=validate.Range(0, 256))
+    weight = StrictInteger(validate=validate.Range(WEIGHT_MIN, WEIGHT_MAX))
     zone = fields.String(allow_none=True, validate=validate.Length(1, 64))
     labels = _labels()
     disabled_reason = fields.String(allow_none=True, validate=validate.Length(max=512))

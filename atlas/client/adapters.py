@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -19,9 +18,9 @@ from atlas.client.errors import InvalidServiceName, InvalidServiceURL
 from atlas.client.request_id import DEFAULT_HEADER as DEFAULT_REQUEST_ID_HEADER
 from atlas.client.request_id import outgoing_request_id
 from atlas.client.retry import IDEMPOTENT_METHODS, NO_RETRY, AtlasRetry, as_retry
+from atlas.contract import SERVICE_NAME_RE, is_service_name
 
 SERVICE_SCHEME = "service://"
-SERVICE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 DEFAULT_SIDECAR_URL = "http://127.0.0.1:4000"
 DEFAULT_SERVICE_HEADER = "Atlas-Service"
 IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
@@ -67,10 +66,10 @@ def parse_service_url(url: str | bytes) -> tuple[str, str]:
     if ":" in parts.netloc:
         raise InvalidServiceURL(f"service URLs take no port (the sidecar routes by name): {url!r}")
     name = parts.netloc
-    if not SERVICE_NAME.match(name):
+    if not is_service_name(name):
         raise InvalidServiceName(
             f"invalid service name {name!r} in {url!r}: "
-            f"a service name is a DNS label matching {SERVICE_NAME.pattern}"
+            f"a service name is a DNS label matching {SERVICE_NAME_RE.pattern}"
         )
     target = parts.path or "/"
     if parts.query:

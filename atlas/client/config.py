@@ -32,6 +32,8 @@ import requests
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from atlas.contract import Layout
+
 if TYPE_CHECKING:
     from flask import Flask
 
@@ -410,7 +412,7 @@ def watch(
             # Not in kazoo's event thread: load() does HTTP.
             threading.Thread(target=reload, args=(version,), daemon=True).start()
 
-        zk.DataWatch(f"/atlas/{realm}/config/{service}", on_stamp)
+        zk.DataWatch(Layout(realm).config_stamp(service), on_stamp)
 
         def stop_zk() -> None:
             zk.stop()

@@ -1,9 +1,9 @@
-"""Test and benchmark helpers: scripted HTTP backends and an HAProxy that routes like the sidecar.
+"""Test and benchmark helpers: scripted HTTP backends and an HAProxy that routes as the sidecar.
 
-``StaticHAProxy`` writes a fixed config (one frontend, one ACL on the
-service header and one backend per service) and runs Debian's HAProxy in
-master-worker mode, so tests and ``bench/client.py`` exercise the same
-routing the sidecar renders, without ZooKeeper.
+``StaticHAProxy`` writes the config the sidecar itself renders
+(``atlas.sidecar.render``) for a fixed set of services and runs Debian's
+HAProxy in master-worker mode, so tests and ``bench/client.py`` exercise the
+sidecar's routing without ZooKeeper.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from atlas.client.adapters import DEFAULT_SERVICE_HEADER
+from atlas.sidecar.model import Instance, Service, Snapshot
+from atlas.sidecar.render import RenderOptions, render
 from atlas.stack.procs import LOOPBACK, ManagedProcess, free_port, wait_for_port
 
 HAPROXY = "/usr/sbin/haproxy"
@@ -179,34 +181,19 @@ def render_config(
     port: int,
     services: Mapping[str, Sequence[tuple[str, int]]],
     header: str = DEFAULT_SERVICE_HEADER,
+    admin_socket: str = "/dev/null",
 ) -> str:
-    """An HAProxy config that routes by the service header, as the sidecar renders it."""
-    lines = [
-        "global",
-        "    maxconn 4096",
-        "    hard-stop-after 5s",
-        "defaults",
-        "    mode http",
-        "    timeout connect 2s",
-        "    timeout client 30s",
-        "    timeout server 30s",
-        "    timeout http-keep-alive 30s",
-        "frontend atlas",
-        f"    bind {LOOPBACK}:{port}",
-    ]
-    for name in sorted(services):
-        lines.append(f"    acl svc_{name} req.hdr({header}) -m str {name}")
-        lines.append(f"    use_backend svc_{name} if svc_{name}")
-    lines.append("    default_backend atlas_unknown_service")
-    lines += [
-        "backend atlas_unknown_service",
-        '    http-request return status 404 content-type text/plain string "unknown service\\n"',
-    ]
-    for name in sorted(services):
-        lines += [f"backend svc_{name}", "    balance roundrobin"]
-        for index, (host, server_port) in enumerate(services[name]):
-            lines.append(f"    server s{index} {host}:{server_port}")
-    return "\n".join(lines) + "\n"
+    """The sidecar's own config (atlas.sidecar.render) for a fixed set of services."""
+    snapshot = Snapshot(
+        tuple(
+            Service(name).with_instances(tuple(Instance(host, p) for host, p in instances))
+            for name, instances in services.items()
+        )
+    )
+    options = RenderOptions(
+        port=port, bind_address=LOOPBACK, header=header, admin_socket=admin_socket, realm="test"
+    )
+    return render(snapshot, options)
 
 
 class StaticHAProxy:
@@ -248,7 +235,9 @@ class StaticHAProxy:
 
     def write_config(self) -> None:
         """Render and validate the config (raises RuntimeError if HAProxy rejects it)."""
-        self.config_path.write_text(render_config(self.port, self.services, self.header))
+        self.config_path.write_text(
+            render_config(self.port, self.services, self.header, str(self.base_dir / "admin.sock"))
+        )
         check = subprocess.run(
             [HAPROXY, "-c", "-q", "-f", str(self.config_path)], capture_output=True, text=True
         )

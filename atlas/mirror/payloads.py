@@ -6,6 +6,7 @@ import json
 from datetime import datetime
 from typing import Any
 
+from atlas.contract import Layout
 from atlas.registry.records import Instance, Service
 
 
@@ -16,35 +17,6 @@ def _ms(iso: str) -> int:
 def dumps(obj: dict[str, Any]) -> bytes:
     """Canonical JSON of a znode payload (sorted keys, no spaces): equal data, equal bytes."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
-
-
-class Layout:
-    """Paths under `/atlas/<realm>`."""
-
-    def __init__(self, realm: str, root: str = "/atlas") -> None:
-        self.root = f"{root.rstrip('/')}/{realm}"
-        self.services = f"{self.root}/services"
-        self.config = f"{self.root}/config"
-        self.election = f"{self.root}/reconciler"
-        # One guard znode per service, outside services/ so that no consumer sees it: every
-        # mirror commit checks and bumps it, which serializes writers of one service.
-        self.guards = f"{self.root}/guards"
-
-    def service(self, name: str) -> str:
-        """Path of a service node."""
-        return f"{self.services}/{name}"
-
-    def instance(self, service: str, instance_id: str) -> str:
-        """Path of an instance node."""
-        return f"{self.services}/{service}/{instance_id}"
-
-    def guard(self, service: str) -> str:
-        """Path of a service's guard znode."""
-        return f"{self.guards}/{service}"
-
-    def config_stamp(self, service: str) -> str:
-        """Path of a service's config version stamp."""
-        return f"{self.config}/{service}"
 
 
 def service_payload(svc: Service, instances: int) -> bytes:

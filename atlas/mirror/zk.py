@@ -31,8 +31,9 @@ from kazoo.exceptions import (
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.retry import KazooRetry
 
+from atlas.contract import Layout
 from atlas.errors import AtlasError
-from atlas.mirror.payloads import Layout, desired_tree, dumps, instance_payload
+from atlas.mirror.payloads import desired_tree, dumps, instance_payload
 from atlas.mirror.plan import Op, Plan, plan
 from atlas.registry.records import Instance, Service
 

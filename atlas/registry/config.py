@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -24,18 +23,8 @@ from atlas.registry.service import (
 
 log = logging.getLogger(__name__)
 
-CONFIG_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
 MAX_VALUE_BYTES = 64 * 1024
 MASKED: dict[str, Any] = {"secret": True}
-
-
-def check_config_key(value: str) -> str:
-    """Return the key if valid, else raise ValidationFailed naming `key`."""
-    if not CONFIG_KEY_RE.fullmatch(value):
-        raise ValidationFailed(
-            f"invalid config key {value[:80]!r}", {"key": [f"Must match {CONFIG_KEY_RE.pattern}."]}
-        )
-    return value
 
 
 def encode_value(value: Any) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from atlas.contract import instance_id
+
 
 @dataclass(frozen=True)
 class HealthCheck:
@@ -52,11 +54,6 @@ class Instance:
     def id(self) -> str:
         """The instance id, `host:port` (IPv6 hosts in brackets)."""
         return instance_id(self.host, self.port)
-
-
-def instance_id(host: str, port: int) -> str:
-    """Format host and port as the instance id used in URLs and znode names."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @dataclass(frozen=True)

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-SERVICE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
-HOSTNAME_RE = re.compile(
-    r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_-]{1,63})*\.?$"
+from atlas.contract import (
+    DEFAULT_WEIGHT,
+    PORT_MAX,
+    PORT_MIN,
+    WEIGHT_MAX,
+    WEIGHT_MIN,
+    instance_id,
+    is_health_check_path,
+    is_ipv6,
+    is_service_name,
+    normalize_host,
+    split_instance_id,
 )
-# Health-check paths go verbatim into the config: no whitespace, quotes, backslashes or '#'.
-HC_PATH_RE = re.compile(r"^/[^\s\"'\\#]{0,1023}$")
-DEFAULT_WEIGHT = 100
-MAX_WEIGHT = 256
 
 
 @dataclass(frozen=True, order=True)
@@ -40,13 +43,14 @@ class Instance:
 
     @property
     def key(self) -> str:
-        """The instance identity, `host:port`."""
-        return f"{self.host}:{self.port}"
+        """The instance identity, `host:port` (IPv6 hosts in brackets, as in its znode name)."""
+        return instance_id(self.host, self.port)
 
     @property
     def target(self) -> str:
-        """The `addr:port` HAProxy connects to."""
-        return f"{self.address or self.host}:{self.port}"
+        """The `addr:port` HAProxy connects to (IPv6 in brackets)."""
+        addr = self.address or self.host
+        return f"[{addr}]:{self.port}" if is_ipv6(addr) else f"{addr}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -94,15 +98,6 @@ class Snapshot:
         return sum(len(s.instances) for s in self.services)
 
 
-def valid_host(host: str) -> bool:
-    """True for an IP address or a plausible DNS hostname (safe to put in a config)."""
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return bool(HOSTNAME_RE.match(host))
-
-
 def _port(value: Any) -> int | None:
     if isinstance(value, bool):
         return None
@@ -110,7 +105,7 @@ def _port(value: Any) -> int | None:
         port = int(value)
     except (TypeError, ValueError):
         return None
-    return port if 1 <= port <= 65535 else None
+    return port if PORT_MIN <= port <= PORT_MAX else None
 
 
 def _load_json(data: bytes | None) -> dict[str, Any] | None:
@@ -140,7 +135,7 @@ def parse_health_check(value: Any) -> HealthCheck | None:
     if not isinstance(value, dict):
         return None
     path = value.get("path")
-    if not isinstance(path, str) or not HC_PATH_RE.match(path):
+    if not is_health_check_path(path):
         return None
     return HealthCheck(
         path=path,
@@ -151,15 +146,16 @@ def parse_health_check(value: Any) -> HealthCheck | None:
 
 def parse_instance(node_name: str, data: bytes | None) -> tuple[Instance | None, str | None]:
     """Parse one instance znode (Curator + Synapse + Atlas fields); returns (instance, warning)."""
-    host, sep, port_text = node_name.rpartition(":")
-    port = _port(port_text)
-    if not sep or port is None or not valid_host(host):
+    parsed = split_instance_id(node_name)
+    if parsed is None:
         return None, f"instance node {node_name!r}: name is not <host>:<port>"
+    host, port = parsed
     obj = _load_json(data)
     if obj is None:
         return None, f"instance node {node_name!r}: data is not a JSON object"
-    address = obj.get("host", obj.get("address"))
-    if not isinstance(address, str) or not valid_host(address):
+    raw_address = obj.get("host", obj.get("address"))
+    address = normalize_host(raw_address) if isinstance(raw_address, str) else None
+    if address is None:
         address = host
     data_port = _port(obj.get("port"))
     if data_port is not None and data_port != port:
@@ -173,7 +169,7 @@ def parse_instance(node_name: str, data: bytes | None) -> tuple[Instance | None,
     if isinstance(weight_raw, bool) or not isinstance(weight_raw, int | float):
         weight = DEFAULT_WEIGHT
     else:
-        weight = min(MAX_WEIGHT, max(0, int(weight_raw)))
+        weight = min(WEIGHT_MAX, max(WEIGHT_MIN, int(weight_raw)))
     return (
         Instance(
             host=host,
@@ -190,7 +186,7 @@ def parse_service(
     name: str, data: bytes | None, children: Mapping[str, bytes | None]
 ) -> tuple[Service | None, list[str]]:
     """Parse a service znode and its instance children; returns (service, warnings)."""
-    if not SERVICE_NAME_RE.match(name):
+    if not is_service_name(name):
         return None, [f"service node {name!r}: not a valid service name, ignored"]
     warnings: list[str] = []
     obj = _load_json(data)

@@ -6,9 +6,9 @@ import re
 import zlib
 from dataclasses import dataclass
 
+from atlas.contract import HEADER_NAME_RE, REALM_RE
 from atlas.sidecar.model import Instance, Service, Snapshot
 
-HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 UNKNOWN_BACKEND = "atlas_unknown"
 _SERVER_NAME_BAD = re.compile(r"[^A-Za-z0-9_.:-]")
 
@@ -30,8 +30,17 @@ class RenderOptions:
     def __post_init__(self) -> None:
         if not HEADER_NAME_RE.match(self.header):
             raise ValueError(f"invalid header name {self.header!r}")
-        if not re.match(r"^[A-Za-z0-9_.-]{1,64}$", self.realm):
+        if not REALM_RE.fullmatch(self.realm):
             raise ValueError(f"invalid realm {self.realm!r}")
+
+
+def config_word(value: str) -> str:
+    """A contract-valid path as one word of HAProxy's config: `'` would open a quoted string.
+
+    The contract already refuses space, `"`, `\\` and `#`; `$` is expanded only inside
+    double quotes, so nothing else needs escaping.
+    """
+    return value.replace("'", "\\'")
 
 
 def server_name(instance: Instance) -> str:
@@ -68,7 +77,7 @@ def _backend(service: Service) -> list[str]:
     lines = [f"backend {service.name}", "    balance roundrobin"]
     hc = service.health_check
     if hc is not None:
-        lines.append(f"    option httpchk GET {hc.path}")
+        lines.append(f"    option httpchk GET {config_word(hc.path)}")
         lines.append(f"    timeout check {hc.timeout_ms}ms")
     # Not `http-request return ... if { nbsrv eq 0 }`: a freshly reloaded worker briefly
     # counts 0 servers and would answer 503 to requests it could serve.

@@ -11,6 +11,7 @@ from typing import Any
 from kazoo.client import KazooClient, KazooState
 from kazoo.recipe.cache import TreeCache, TreeEvent
 
+from atlas.contract import Layout
 from atlas.sidecar.model import Snapshot, build_snapshot
 
 log = logging.getLogger("atlas.sidecar.watch")
@@ -32,11 +33,6 @@ class _ReadOnlyTreeCache(TreeCache):
             self._in_background(self._root.on_created)
 
 
-def services_path(realm: str) -> str:
-    """The services root of a realm."""
-    return f"/atlas/{realm}/services"
-
-
 class ZooKeeperSource:
     """Watches one realm's services; tells a listener about every change; snapshots on demand.
 
@@ -52,7 +48,7 @@ class ZooKeeperSource:
         client_factory: Callable[[str], KazooClient] | None = None,
     ) -> None:
         self.hosts = hosts
-        self.path = services_path(realm)
+        self.path = Layout(realm).services
         self.rebuild_after_s = rebuild_after_s
         self._factory = client_factory or (
             lambda h: KazooClient(hosts=h, connection_retry=CONNECTION_RETRY, timeout=10.0)

@@ -40,14 +40,15 @@ def test_routes_by_service_name(make_backend: MakeBackend, make_sidecar: MakeSid
     with Session(sidecar_url=proxy.url) as session:
         teams = session.get("service://identity/teams?x=1", params={"y": "2"})
         invoices = session.get("service://billing/invoices")
-        unknown = session.get("service://nobody/")
+        unknown = session.get("service://nobody/", retries=False)
     assert teams.status_code == 200
     assert teams.json()["instance"] == "identity"
     assert teams.json()["path"] == "/teams?x=1&y=2"
     assert teams.json()["headers"]["atlas-service"] == "identity"
     assert teams.url == "service://identity/teams?x=1&y=2"
     assert invoices.json()["instance"] == "billing"
-    assert unknown.status_code == 404
+    assert unknown.status_code == 503  # as the sidecar answers an unknown service
+    assert unknown.headers["X-Atlas-Error"] == "unknown-service"
     assert len(identity.hits) == 1 and len(billing.hits) == 1
 
 

@@ -8,8 +8,9 @@ from collections.abc import Callable, Iterator
 import pytest
 from kazoo.client import KazooClient
 
+from atlas.contract import Layout
 from atlas.mirror import MirrorConflict, ZkMirror, plan
-from atlas.mirror.payloads import Layout, desired_tree
+from atlas.mirror.payloads import desired_tree
 from atlas.registry import Instance, Service
 from atlas.stack import ZooKeeperServer
 

@@ -9,7 +9,8 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
 
 from atlas.config import Settings
-from atlas.mirror.payloads import Layout, desired_tree
+from atlas.contract import Layout
+from atlas.mirror.payloads import desired_tree
 from atlas.registry import Registry, build_models_for
 
 

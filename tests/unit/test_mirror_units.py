@@ -7,7 +7,8 @@ from typing import Any
 
 from kazoo.client import KazooState
 
-from atlas.mirror import Layout, ZkMirror, instance_payload, plan, service_payload
+from atlas.contract import Layout
+from atlas.mirror import ZkMirror, instance_payload, plan, service_payload
 from atlas.mirror.payloads import desired_tree
 from atlas.registry import HealthCheck, Instance, Service
 

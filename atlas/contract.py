@@ -1,0 +1,234 @@
+"""The contract every part of Atlas shares: the ZooKeeper layout, names, and the rules of what
+an instance may be. The API refuses what these rules refuse, and the mirror, the sidecar and
+the clients honour everything they accept, so a value that passes here is routable.
+
+No Flask, no pynamodb: the sidecar, the clients and the Smart Service import this module alone.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import TypeGuard
+
+from atlas.errors import ValidationFailed
+
+#: A realm names DynamoDB tables and the ZooKeeper root.
+REALM_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+#: A service name is a DNS label: it is a znode name, an HAProxy backend and a header value.
+SERVICE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+#: A config key, as a service reads it (`settings.DATABASE_URL`).
+CONFIG_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
+#: The request header that names the service at the sidecar.
+HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+#: Tags of a service and label keys of an instance (Synapse reads labels).
+TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}$")
+LABEL_KEY_RE = re.compile(
+    r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?(/[A-Za-z0-9_.-]{1,63})?$"
+)
+
+PORT_MIN, PORT_MAX = 1, 65535
+WEIGHT_MIN, WEIGHT_MAX = 0, 256  # HAProxy's range
+DEFAULT_WEIGHT = 100
+
+#: A health check path is an HTTP origin-form request target (RFC 9112 §3.2.1): an absolute
+#: path of RFC 3986 pchars and an optional query. No space, quote, backslash or `#` (a fragment
+#: is never sent), so it goes on the wire and into HAProxy's config as it is written.
+HEALTH_CHECK_PATH_MAX = 1024
+_PCHARS = r"A-Za-z0-9\-._~!$&'()*+,;=:@"
+HEALTH_CHECK_PATH_RE = re.compile(
+    rf"^/(?:[{_PCHARS}/]|%[0-9A-Fa-f]{{2}})*(?:\?(?:[{_PCHARS}/?]|%[0-9A-Fa-f]{{2}})*)?$"
+)
+HEALTH_CHECK_PATH_RULE = (
+    "Must be an absolute path with an optional query (RFC 3986 characters: letters, digits, "
+    "-._~!$&'()*+,;=:@/? and %XX escapes), at most 1024 characters."
+)
+
+_LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", re.IGNORECASE | re.ASCII)
+_HOST_CHARS_RE = re.compile(r"[A-Za-z0-9.:\[\]-]+", re.ASCII)
+HOST_RULE = (
+    "Must be a hostname, an IPv4 address or an IPv6 address (in brackets in an instance id); "
+    "not an unspecified, broadcast or multicast address."
+)
+
+
+# ------------------------------------------------------------------------------- names
+
+
+def is_service_name(value: object) -> TypeGuard[str]:
+    """True for a valid service name (a DNS label)."""
+    return isinstance(value, str) and SERVICE_NAME_RE.fullmatch(value) is not None
+
+
+def check_service_name(value: str, field: str = "name") -> str:
+    """Return the name if valid, else raise ValidationFailed naming the field."""
+    if not is_service_name(value):
+        raise ValidationFailed(
+            f"invalid service name {value[:80]!r}",
+            {field: [f"Must match {SERVICE_NAME_RE.pattern}."]},
+        )
+    return value
+
+
+def is_config_key(value: object) -> TypeGuard[str]:
+    """True for a valid config key."""
+    return isinstance(value, str) and CONFIG_KEY_RE.fullmatch(value) is not None
+
+
+def check_config_key(value: str, field: str = "key") -> str:
+    """Return the key if valid, else raise ValidationFailed naming the field."""
+    if not is_config_key(value):
+        raise ValidationFailed(
+            f"invalid config key {value[:80]!r}", {field: [f"Must match {CONFIG_KEY_RE.pattern}."]}
+        )
+    return value
+
+
+def is_health_check_path(value: object) -> TypeGuard[str]:
+    """True for a health check path the sidecar can put in HAProxy's config and send."""
+    return (
+        isinstance(value, str)
+        and len(value) <= HEALTH_CHECK_PATH_MAX
+        and HEALTH_CHECK_PATH_RE.fullmatch(value) is not None
+    )
+
+
+# ------------------------------------------------------------------------------- hosts
+
+
+def _routable_ip(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if ip.is_unspecified or ip.is_multicast:
+        return False
+    return not (
+        isinstance(ip, ipaddress.IPv4Address) and ip == ipaddress.IPv4Address("255.255.255.255")
+    )
+
+
+def normalize_host(value: str) -> str | None:
+    """The canonical form of a hostname or IP address an instance can have, or None.
+
+    IP addresses are compressed (`2001:db8::1`); an IPv4-mapped IPv6 address becomes the IPv4
+    address it maps (one identity per endpoint); hostnames are lower-cased without a trailing
+    dot. Brackets are accepted around IPv6 addresses. Unspecified, broadcast and multicast
+    addresses, zone ids and anything outside ASCII are refused.
+    """
+    if not isinstance(value, str) or not value or len(value) > 253:
+        return None
+    if not _HOST_CHARS_RE.fullmatch(value):
+        return None
+    bracketed = value.startswith("[") and value.endswith("]")
+    candidate = value[1:-1] if bracketed else value
+    try:
+        ip = ipaddress.ip_address(candidate)
+    except ValueError:
+        ip = None
+    if ip is not None:
+        if bracketed and ip.version != 6:
+            return None
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return str(ip) if _routable_ip(ip) else None
+    if bracketed or "[" in value or "]" in value or ":" in value:
+        return None
+    name = value[:-1] if value.endswith(".") and len(value) > 1 else value
+    labels = name.lower().split(".")
+    if not all(_LABEL_RE.fullmatch(label) for label in labels):
+        return None
+    # A dotted all-numeric name that is not a valid IPv4 address is a typo, not a hostname.
+    if all(label.isdigit() for label in labels):
+        return None
+    return ".".join(labels)
+
+
+def is_ipv6(host: str) -> bool:
+    """True when a normalized host is an IPv6 address."""
+    return ":" in host
+
+
+def instance_id(host: str, port: int) -> str:
+    """The instance id of host and port, `host:port` (IPv6 hosts in brackets)."""
+    return f"[{host}]:{port}" if is_ipv6(host) else f"{host}:{port}"
+
+
+def split_instance_id(value: str) -> tuple[str, int] | None:
+    """(normalized host, port) of a canonical instance id, or None for anything else."""
+    host, sep, port_s = value.rpartition(":")
+    if not sep or not (port_s.isascii() and port_s.isdigit()) or len(port_s) > 5:
+        return None
+    port = int(port_s)
+    if not PORT_MIN <= port <= PORT_MAX:
+        return None
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        return None
+    normalized = normalize_host(host)
+    if normalized is None or instance_id(normalized, port) != value:
+        return None
+    return normalized, port
+
+
+def parse_instance_id(value: str) -> tuple[str, int]:
+    """Split `host:port` (or `[v6]:port`) into a normalized host and a port.
+
+    Raises ValidationFailed naming `instance_id`, `host` or `port`.
+    """
+    host, sep, port_s = value.rpartition(":")
+    if not sep:
+        raise ValidationFailed(
+            "instance id must be host:port", {"instance_id": ["Expected host:port."]}
+        )
+    errors: dict[str, list[str]] = {}
+    port = 0
+    digits = port_s.isascii() and port_s.isdigit()
+    if not digits or len(port_s) > 5 or not PORT_MIN <= int(port_s) <= PORT_MAX:
+        errors["port"] = ["Must be an integer between 1 and 65535."]
+    else:
+        port = int(port_s)
+    normalized = None if ":" in host and not host.startswith("[") else normalize_host(host)
+    if normalized is None:
+        errors["host"] = [HOST_RULE]
+    if errors or normalized is None:
+        raise ValidationFailed("invalid instance id " + repr(value)[:80], errors)
+    return normalized, port
+
+
+# ------------------------------------------------------------------------------ layout
+
+
+class Layout:
+    """The znode paths of one realm, `/atlas/<realm>/...` (DESIGN.md's layout).
+
+    Consumers (Curator, Synapse, the sidecar) read `services/`; everything else is Atlas's own
+    and lives beside it, where no consumer looks.
+    """
+
+    def __init__(self, realm: str, root: str = "/atlas") -> None:
+        self.realm = realm
+        self.root = f"{root.rstrip('/')}/{realm}"
+        self.services = f"{self.root}/services"
+        self.config = f"{self.root}/config"
+        self.election = f"{self.root}/reconciler"
+        # One guard znode per service: every mirror commit checks and bumps it, which
+        # serializes writers of one service. Guards survive a service's delete, not a wipe.
+        self.guards = f"{self.root}/guards"
+        # One ephemeral node per running sidecar: what it has applied.
+        self.sidecars = f"{self.root}/sidecars"
+
+    def service(self, name: str) -> str:
+        """Path of a service node."""
+        return f"{self.services}/{name}"
+
+    def instance(self, service: str, iid: str) -> str:
+        """Path of an instance node (`iid` is `host:port`)."""
+        return f"{self.services}/{service}/{iid}"
+
+    def guard(self, service: str) -> str:
+        """Path of a service's guard znode."""
+        return f"{self.guards}/{service}"
+
+    def config_stamp(self, service: str) -> str:
+        """Path of a service's config version stamp (a number only, never values)."""
+        return f"{self.config}/{service}"
+
+    def sidecar(self, host_id: str) -> str:
+        """Path of one sidecar's ephemeral status node."""
+        return f"{self.sidecars}/{host_id}"
