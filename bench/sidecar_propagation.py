@@ -27,7 +27,7 @@ from pathlib import Path
 
 from kazoo.client import KazooClient
 
-from atlas.sidecar.core import Settings, Sidecar
+from atlas.sidecar.core import LoopSettings, Sidecar
 from atlas.sidecar.haproxy import HAProxy
 from atlas.sidecar.render import RenderOptions
 from atlas.sidecar.watch import ZooKeeperSource
@@ -108,7 +108,7 @@ def main() -> None:
     proxy = HAProxy(
         tmp / "haproxy.cfg", tmp / "master.sock", tmp / "admin.sock", log_path=tmp / "haproxy.log"
     )
-    settings = Settings()  # defaults: debounce 50 ms (max 500), reloads ≥ 1 s + ≤ 0.5 s jitter
+    settings = LoopSettings()  # defaults: debounce 50 ms (max 500), reloads ≥ 1 s + ≤ 0.5 s jitter
     sc = Sidecar(ZooKeeperSource(zk.address, REALM), proxy, opts, settings)
     sc.boot()
     loop = threading.Thread(target=sc.run, daemon=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from kazoo.client import KazooClient
 
-from atlas.sidecar.core import Settings, Sidecar
+from atlas.sidecar.core import LoopSettings, Sidecar
 from atlas.sidecar.haproxy import HAProxy
 from atlas.sidecar.render import RenderOptions, render
 from atlas.sidecar.watch import ZooKeeperSource
@@ -86,7 +86,7 @@ def main() -> None:
         tmp / "haproxy.cfg", tmp / "master.sock", tmp / "admin.sock", log_path=tmp / "haproxy.log"
     )
     sc = Sidecar(
-        ZooKeeperSource(zk.address, REALM), proxy, opts, Settings(initial_sync_timeout_s=120)
+        ZooKeeperSource(zk.address, REALM), proxy, opts, LoopSettings(initial_sync_timeout_s=120)
     )
     t0 = time.perf_counter()
     sc.boot()

@@ -9,6 +9,8 @@ from typing import Any
 
 from atlas.contract import (
     DEFAULT_WEIGHT,
+    INSTANCE_DRAIN,
+    INSTANCE_SLOW_START,
     PORT_MAX,
     PORT_MIN,
     WEIGHT_MAX,
@@ -18,6 +20,8 @@ from atlas.contract import (
     is_ipv6,
     is_service_name,
     normalize_host,
+    parse_drain,
+    parse_slow_start,
     split_instance_id,
 )
 
@@ -40,6 +44,8 @@ class Instance:
     enabled: bool = True
     weight: int = DEFAULT_WEIGHT
     address: str = ""  # where to connect; the identity host when empty
+    drain: bool = False  # no new requests (HAProxy `drain`); runtime state, not in the config
+    slow_start_s: int = 0  # HAProxy `slowstart` after an enable; 0: none
 
     @property
     def key(self) -> str:
@@ -63,6 +69,8 @@ class Service:
     # How many instances Atlas says the service has (its node's `instances`), None if unsaid.
     # 0 means emptied on purpose, which the last-known-good guard must not hold back.
     declared: int | None = field(default=None, compare=False)
+    # The ZooKeeper index of the service's latest change in the view it was read from.
+    index: int = field(default=0, compare=False)
 
     def instance_map(self) -> dict[str, Instance]:
         """Instances by `host:port`."""
@@ -177,15 +185,20 @@ def parse_instance(node_name: str, data: bytes | None) -> tuple[Instance | None,
             enabled=enabled,
             weight=weight,
             address="" if address == host else address,
+            drain=parse_drain(obj.get(INSTANCE_DRAIN)),
+            slow_start_s=parse_slow_start(obj.get(INSTANCE_SLOW_START)),
         ),
         None,
     )
 
 
 def parse_service(
-    name: str, data: bytes | None, children: Mapping[str, bytes | None]
+    name: str, data: bytes | None, children: Mapping[str, bytes | None], index: int = 0
 ) -> tuple[Service | None, list[str]]:
-    """Parse a service znode and its instance children; returns (service, warnings)."""
+    """Parse a service znode and its instance children; returns (service, warnings).
+
+    `index` is the ZooKeeper index of the service's latest change, carried along (not compared).
+    """
     if not is_service_name(name):
         return None, [f"service node {name!r}: not a valid service name, ignored"]
     warnings: list[str] = []
@@ -209,7 +222,7 @@ def parse_service(
             warnings.append(f"service {name!r}: {warning}")
         if inst is not None:
             instances.append(inst)
-    service = Service(name=name, health_check=health, declared=declared)
+    service = Service(name=name, health_check=health, declared=declared, index=index)
     return service.with_instances(tuple(instances)), warnings
 
 

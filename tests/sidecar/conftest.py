@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from kazoo.client import KazooClient
 
-from atlas.sidecar.core import Settings, Sidecar
+from atlas.sidecar.core import LoopSettings, Sidecar
 from atlas.sidecar.haproxy import HAProxy, parse_show_proc
 from atlas.sidecar.model import Snapshot
 from atlas.sidecar.render import RenderOptions, render
@@ -185,21 +185,36 @@ class Running:
         state: Path,
         render_fn: Callable[[Snapshot, RenderOptions], str] = render,
         empty_grace_s: float = 60.0,
+        spares: int = 4,
+        host_id: str | None = None,
+        binary: str = HAPROXY,
+        check_timeout_s: float = 30.0,
+        port: int | None = None,
+        settings: dict[str, Any] | None = None,
     ) -> None:
-        self.port = free_port()
+        self.port = port or free_port()
         state.mkdir(parents=True, exist_ok=True)
         self.state = state
+        self.realm = realm
         self.options = RenderOptions(
-            port=self.port, admin_socket=str(state / "admin.sock"), realm=realm
+            port=self.port,
+            admin_socket=str(state / "admin.sock"),
+            realm=realm,
+            map_file=str(state / "services.map"),
+            check_map_file=str(state / "checks.map"),
+            server_state_file=str(state / "server-state"),
+            spares=spares,
         )
         self.proxy = HAProxy(
             state / "haproxy.cfg",
             state / "master.sock",
             state / "admin.sock",
-            binary=HAPROXY,
+            binary=binary,
             log_path=state / "haproxy.log",
+            pid_file=state / "haproxy.pid",
+            check_timeout_s=check_timeout_s,
         )
-        settings = Settings(
+        loop_settings = LoopSettings(
             debounce_s=0.02,
             debounce_max_s=0.2,
             reload_min_interval_s=0.2,
@@ -208,9 +223,23 @@ class Running:
             initial_sync_timeout_s=10.0,
             tick_s=0.2,
             status_file=state / "status.json",
+            applied_file=state / "applied.json",
+            file_sync_delay_s=0.1,
+            check_timeout_s=check_timeout_s,
+            publish_interval_s=0.1,
+            backoff_initial_s=0.1,
+            backoff_max_s=1.0,
+            **(settings or {}),
         )
-        self.source = ZooKeeperSource(zk_hosts, realm, rebuild_after_s=5.0)
-        self.sidecar = Sidecar(self.source, self.proxy, self.options, settings, render_fn=render_fn)
+        self.source = ZooKeeperSource(zk_hosts, realm, rebuild_after_s=5.0, host_id=host_id)
+        self.sidecar = Sidecar(
+            self.source,
+            self.proxy,
+            self.options,
+            loop_settings,
+            render_fn=render_fn,
+            host_id=host_id,
+        )
         self.error: BaseException | None = None
         self.sidecar.boot()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -223,11 +252,14 @@ class Running:
             self.error = exc
             logging.getLogger(__name__).exception("sidecar loop died")
 
-    def stop(self) -> None:
-        """Stop the loop, the watcher and HAProxy."""
+    def stop(self, stop_haproxy: bool = True) -> None:
+        """Stop the loop and the watcher, and HAProxy unless told to leave it running."""
+        if not self.thread.is_alive() and self.error is None and getattr(self, "_stopped", False):
+            return
+        self._stopped = True
         self.sidecar.request_stop()
         self.thread.join(timeout=10)
-        self.sidecar.shutdown()
+        self.sidecar.shutdown(stop_haproxy=stop_haproxy)
         assert self.error is None, self.error
 
     @property

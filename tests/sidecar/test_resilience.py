@@ -70,7 +70,7 @@ def test_new_services_under_load_lose_nothing(registry, backends, start_sidecar)
     base = backends("base")
     registry.service("base")
     registry.instance("base", base.port)
-    sc = start_sidecar()
+    sc = start_sidecar(spares=0)  # no spare backends: every new service is a reload
     loads = [Load(sc.port, ["base"], keepalive=False), Load(sc.port, ["base"], keepalive=True)]
     try:
         for n in range(4):
@@ -159,7 +159,7 @@ def test_broken_render_keeps_the_old_config(registry, backends, start_sidecar):
     a = backends("a")
     registry.service("a")
     registry.instance("a", a.port)
-    sc = start_sidecar(render_fn=render_fn)
+    sc = start_sidecar(render_fn=render_fn, spares=0)  # a new service needs a render
     cfg = (sc.state / "haproxy.cfg").read_text()
     reloads0, _, _ = sc.show_proc()
 
