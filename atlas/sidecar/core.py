@@ -62,6 +62,7 @@ from atlas.sidecar.watch import ViewChanges
 log = logging.getLogger("atlas.sidecar")
 
 SIDECAR_VERSION = "0.1.0"
+UNDECIDED_MAX_S = 1.0  # how long a hold decision may wait for a view still being read
 
 
 class ViewSource(Protocol):
@@ -242,6 +243,7 @@ class _Check:
     text: str
     candidate: Path
     generation: int
+    started: float
 
 
 class Sidecar:
@@ -294,6 +296,9 @@ class Sidecar:
         self._refills = 0
         self._last_refill: float | None = None
         self._held: dict[str, float] = {}
+        # Services that would be held, seen in a view still being read: decided once it is
+        # complete (the rest of their change, e.g. the count on their node, is on its way).
+        self._undecided: dict[str, float] = {}
         self._deliberate: set[str] = set()
         self._dirty: set[str] = set()  # services to plan on the next apply
         self._pending: set[str] = set()  # services whose running state is not the desired one
@@ -517,13 +522,13 @@ class Sidecar:
         self._guarded("zookeeper", self.source.maintain)
         self._guarded("supervise", self._supervise, now)
         self._guarded("check", self._poll_check, now)
-        if self.source.connected and self.source.initialized:
+        if self.source.connected and self.source.initialized and self._due("loop_view", now):
             with self._cond:
                 due = self.debouncer.take(now)
             if due:
                 self._guarded("view", self._take_changes, now)
-        if self._held:
-            self._guarded("view", self._reguard_held, now)
+        if self._held or self._undecided:
+            self._guarded("hold", self._reguard_held, now)
         if self._have_view and self.source.connected:
             self._guarded("apply", self._apply, now)
         if self._draining:
@@ -535,6 +540,7 @@ class Sidecar:
 
     def _take_changes(self, now: float) -> None:
         changes = self.source.drain()
+        complete = changes.index is not None
         self.status.passes += 1
         self.status.view_generation += 1
         self._have_view = True
@@ -555,16 +561,23 @@ class Sidecar:
                 self.view[name] = svc
             if name in changes.deliberate:
                 self._deliberate.add(name)
-            self._guard(name, now)
-        if changes.index is not None:
+            self._guard(name, now, complete)
+        if complete:
             self._view_index = changes.index
+            for name in list(self._undecided):
+                self._guard(name, now)
 
-    def _guard(self, name: str, now: float) -> None:
+    def _guard(self, name: str, now: float, complete: bool = True) -> None:
         before = self.desired.get(name)
         kept, since = guard_service(
             before, self.view.get(name), now, self._held.get(name),
             self.settings.empty_grace_s, name in self._deliberate,
         )  # fmt: skip
+        if since is not None and name not in self._held:
+            first = self._undecided.setdefault(name, now)
+            if not complete and now - first < UNDECIDED_MAX_S:
+                return  # decide on the complete view (milliseconds away)
+        self._undecided.pop(name, None)
         if since is None:
             self._held.pop(name, None)
         elif name not in self._held:
@@ -582,6 +595,9 @@ class Sidecar:
     def _reguard_held(self, now: float) -> None:
         for name in list(self._held):
             self._guard(name, now)
+        for name, first in list(self._undecided.items()):
+            if now - first >= UNDECIDED_MAX_S:
+                self._guard(name, now)
 
     def _next_wait(self, now: float) -> float:
         waits = [self.settings.tick_s]
@@ -646,11 +662,18 @@ class Sidecar:
         running = self._running
         ops: list[RuntimeOp] = []
         changes: list[Callable[[], None]] = []
-        for name in sorted(self._dirty):
-            self._plan_one(name, running, ops, changes)
-        self._dirty.clear()
+        dirty = sorted(self._dirty)
+        spares = list(self._spares_free)
+        try:
+            for name in dirty:
+                self._plan_one(name, running, ops, changes)
+            ok = self._run_ops(ops) if ops else True
+        except BaseException:
+            self._spares_free = spares  # nothing was placed: the pass is retried whole
+            raise
+        self._dirty.difference_update(dirty)
         if ops:
-            if not self._run_ops(ops):
+            if not ok:
                 self._running = None
                 self._back_off("runtime", now)
                 self._want_reload("a runtime command failed")
@@ -892,7 +915,7 @@ class Sidecar:
         self._ok("config_write")
         future = self.executor.submit(self.proxy.check, candidate, self.settings.check_timeout_s)
         self._check = _Check(
-            kind, future, snapshot, placement, text, candidate, self._file_generation
+            kind, future, snapshot, placement, text, candidate, self._file_generation, now
         )
         future.add_done_callback(self._wake)
         self._poll_check(now)
@@ -1303,6 +1326,12 @@ class Sidecar:
             "adopted": st.adopted,
             "reloads_by_master": self._master_reloads,
         }
+        check = self._check
+        d["check"] = (
+            None
+            if check is None
+            else {"kind": check.kind, "running_s": round(self.clock() - check.started, 3)}
+        )
         d["host_id"] = self.host_id
         d["report"] = self.source.report_counters() if self.host_id else {}
         return d
@@ -1317,7 +1346,10 @@ class Sidecar:
                 return
             write_atomic(path, text, fsync=False)
         except OSError as exc:
-            log.debug("status file: %r", exc)
+            self._fail("status_file", f"writing {path}: {exc}")
+            return
+        if "status_file" in self.failing:
+            self._ok("status_file")
 
 
 # ----------------------------------------------------------------------------- helpers

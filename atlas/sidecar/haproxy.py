@@ -30,6 +30,8 @@ DEFAULT_HAPROXY = "/usr/sbin/haproxy"
 # A CLI line is read into one buffer (tune.bufsize, 16 kB by default): batches stay below.
 _BATCH_BYTES = 8000
 _OK_ANSWERS = ("", "New server registered.", "Server deleted.")
+_RELOAD_ATTEMPTS = 3
+_RELOAD_COUNTED_S = 2.0  # a master that took `reload` counts it within milliseconds
 
 # srv_admin_state bits (HAProxy's SRV_ADMF_*): forced/inherited/resolution maintenance, drain.
 ADMIN_MAINT = 0x01 | 0x02 | 0x20
@@ -490,25 +492,38 @@ class HAProxy:
         return proc.returncode == 0, out.decode("utf-8", "replace").strip()
 
     def reload(self, timeout: float = 15.0) -> int:
-        """Hitless reload through the master socket; wait for the new worker; return its pid."""
+        """Hitless reload through the master socket; wait for the new worker; return its pid.
+
+        A master that drops the connection before reading `reload` (it may be re-executing
+        itself) is asked again once its reload count has not moved for a while.
+        """
         before, failed_before, old_workers = self.show_proc()
-        self.master("reload")
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            time.sleep(0.005)
-            try:
-                reloads, failed, workers = self.show_proc(timeout=1.0)
-            except OSError:
-                continue  # the master re-executes itself and reopens its socket
-            if failed > failed_before:
-                raise HAProxyError("haproxy refused the reload (see its log)")
-            new = [w for w in workers if w not in old_workers]
-            if reloads is not None and before is not None and reloads > before and new:
+        for attempt in range(_RELOAD_ATTEMPTS):
+            self.master("reload")
+            counted = False
+            ask_again = time.monotonic() + _RELOAD_COUNTED_S
+            while time.monotonic() < deadline:
+                time.sleep(0.005)
                 try:
-                    if self.worker_pid() == new[0]:
-                        return new[0]
+                    reloads, failed, workers = self.show_proc(timeout=1.0)
                 except OSError:
-                    continue
+                    continue  # the master re-executes itself and reopens its socket
+                if failed > failed_before:
+                    raise HAProxyError("haproxy refused the reload (see its log)")
+                counted = reloads is not None and before is not None and reloads > before
+                new = [w for w in workers if w not in old_workers]
+                if counted and new:
+                    try:
+                        if self.worker_pid() == new[0]:
+                            return new[0]
+                    except OSError:
+                        continue
+                if not counted and attempt + 1 < _RELOAD_ATTEMPTS and time.monotonic() > ask_again:
+                    log.warning("haproxy's master did not count the reload: asking again")
+                    break
+            else:
+                break
         raise HAProxyError("no new haproxy worker after reload")
 
 

@@ -23,6 +23,7 @@ FAILURE_KINDS = (
     "render",
     "runtime",
     "state_file",
+    "status_file",
 )
 
 
