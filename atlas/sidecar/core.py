@@ -173,6 +173,8 @@ class LoopSettings:
     pool_low_water: int | None = None  # refill the spares below this many free (default 1/4)
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
+    # A removed server's open requests may finish for this long; then its sessions are cut.
+    drain_shutdown_s: float = 60.0
 
 
 @dataclass
@@ -311,7 +313,8 @@ class Sidecar:
         self._file_dirty_at: float | None = None
         self._file_generation = 0
         self._check: _Check | None = None
-        self._draining: set[tuple[str, str]] = set()  # (backend, server) awaiting `del server`
+        # (backend, server) out of traffic, awaiting `del server` -> since when (loop clock)
+        self._draining: dict[tuple[str, str], float] = {}
         self.failing: dict[str, Failure] = {}
         self._master_reloads: int | None = None
         self._published_key: bytes | None = None
@@ -540,6 +543,10 @@ class Sidecar:
 
     def _take_changes(self, now: float) -> None:
         changes = self.source.drain()
+        if changes.incomplete:
+            with self._cond:
+                self.debouncer.poke(now)  # the rest of a transaction is a read away
+            return
         complete = changes.index is not None
         self.status.passes += 1
         self.status.view_generation += 1
@@ -804,13 +811,11 @@ class Sidecar:
         self._want_reload(reason)
 
     def _run_ops(self, ops: list[RuntimeOp]) -> bool:
-        for op in ops:
-            if op.kind == "add" and (op.backend, op.server) in self._draining:
-                self._retry_draining()
-                if (op.backend, op.server) in self._draining:
-                    # Still there: the reload re-creates it cleanly; stop trying to delete it.
-                    self._draining.discard((op.backend, op.server))
-                    return False
+        if any(op.kind == "add" and (op.backend, op.server) in self._draining for op in ops):
+            self._retry_draining()
+            ops = [
+                self._revive(op) if (op.backend, op.server) in self._draining else op for op in ops
+            ]
         commands = [cmd for op in ops for cmd in op.commands]
         try:
             answers = self.proxy.admin_many(commands)
@@ -818,17 +823,18 @@ class Sidecar:
             self._fail("runtime", f"runtime API unreachable: {exc}")
             return False
         i = 0
-        follow_up: list[str] = []
+        drained = False
         ok = True
         for op in ops:
             for cmd in op.commands:
                 answer = answers[i].strip()
                 i += 1
                 if op.kind == "delete" and cmd.startswith("del ") and "connections" in answer:
-                    # Disabled already, so it takes no new traffic; idle keep-alive connections
-                    # keep it from being deleted. Drain, delete later, and do not reload for it.
-                    follow_up.append(f"shutdown sessions server {op.backend}/{op.server}")
-                    self._draining.add((op.backend, op.server))
+                    # Out of traffic already (disabled); open requests and idle keep-alive
+                    # connections keep it from being deleted. Let them finish and delete it
+                    # later (what is left after drain_shutdown_s is cut); no reload for it.
+                    self._draining.setdefault((op.backend, op.server), self.clock())
+                    drained = True
                     continue
                 if not is_ok(answer):
                     log.warning(
@@ -838,30 +844,55 @@ class Sidecar:
                     ok = False
             if ok:
                 log.info("runtime %s %s/%s", op.kind, op.backend, op.server)
-        if follow_up:
-            with contextlib.suppress(AdminError, OSError):
-                self.proxy.admin_many(follow_up)
+        if drained and self.settings.drain_shutdown_s <= 0:
+            self._retry_draining()
         return ok
 
+    def _revive(self, op: RuntimeOp) -> RuntimeOp:
+        """An `add` of a server still there (draining): put it back as the add wants it."""
+        del self._draining[(op.backend, op.server)]
+        b_s = f"{op.backend}/{op.server}"
+        words = op.commands[0].split()  # add server b/s addr:port id N weight W ...
+        addr, _, port = words[3].rpartition(":")
+        state = "ready" if any(c.startswith("enable server") for c in op.commands) else "maint"
+        if any(c.endswith("state drain") for c in op.commands):
+            state = "drain"
+        return RuntimeOp(
+            "state",
+            op.backend,
+            op.server,
+            (
+                f"set server {b_s} addr {addr.strip('[]')} port {port}",
+                f"set weight {b_s} {words[words.index('weight') + 1]}",
+                f"set server {b_s} state {state}",
+            ),
+        )
+
     def _retry_draining(self) -> None:
-        """Delete servers that were busy when their instance went away (no reload needed)."""
-        wanted: set[tuple[str, str]] = set()
-        for backend, server in self._draining:
+        """Delete servers that were busy when their instance went away (no reload needed);
+        past drain_shutdown_s, cut what still holds them first."""
+        for backend, server in list(self._draining):
             svc = self._service_in(backend)
             want = self.desired.get(svc) if svc is not None else None
             if want is not None and any(server_name(i) == server for i in want.instances):
-                wanted.add((backend, server))  # wanted again: never delete it
-        self._draining -= wanted
+                del self._draining[(backend, server)]  # wanted again: never delete it
         if not self._draining:
             return
+        now = self.clock()
         pairs = sorted(self._draining)
+        overdue = [
+            f"shutdown sessions server {b}/{s}"
+            for (b, s), since in sorted(self._draining.items())
+            if now - since >= self.settings.drain_shutdown_s
+        ]
         try:
-            answers = self.proxy.admin_many([f"del server {b}/{s}" for b, s in pairs])
-        except (AdminError, OSError):
+            answers = self.proxy.admin_many(overdue + [f"del server {b}/{s}" for b, s in pairs])
+        except (AdminError, OSError) as exc:
+            self._fail("runtime", f"runtime API unreachable: {exc}")
             return
-        for (backend, server), answer in zip(pairs, answers, strict=True):
+        for (backend, server), answer in zip(pairs, answers[len(overdue) :], strict=True):
             if is_ok(answer) or "No such server" in answer or "No such backend" in answer:
-                self._draining.discard((backend, server))
+                del self._draining[(backend, server)]
                 log.info("runtime delete %s/%s (drained)", backend, server)
 
     def _service_in(self, backend: str) -> str | None:

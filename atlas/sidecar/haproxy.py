@@ -27,8 +27,9 @@ from typing import IO
 log = logging.getLogger("atlas.sidecar.haproxy")
 
 DEFAULT_HAPROXY = "/usr/sbin/haproxy"
-# A CLI line is read into one buffer (tune.bufsize, 16 kB by default): batches stay below.
-_BATCH_BYTES = 8000
+# Commands per connection are sent in prompt mode, one per line; a batch stays small enough
+# for the socket buffers to take it at once.
+_BATCH_BYTES = 64000
 _OK_ANSWERS = ("", "New server registered.", "Server deleted.")
 _RELOAD_ATTEMPTS = 3
 _RELOAD_COUNTED_S = 2.0  # a master that took `reload` counts it within milliseconds
@@ -94,22 +95,19 @@ def master_command(path: str | Path, command: str, timeout: float = 5.0) -> str:
 
 
 def split_answers(text: str, count: int) -> list[str]:
-    """Split the answer to `count` `;`-joined commands: each answer ends with an empty line."""
-    answers: list[str] = []
-    current: list[str] = []
-    for line in text.split("\n"):
-        if line == "":
-            answers.append("\n".join(current))
-            current = []
-            if len(answers) == count:
-                break
-        else:
-            current.append(line)
-    return answers + [""] * (count - len(answers))
+    """Split what the CLI in prompt mode answered to `prompt` + `count` commands + `quit`.
+
+    Every answer is followed by the prompt (`\n> `); the first chunk answers `prompt` itself.
+    (Without the prompt, answers cannot be told apart: `Server deleted.` ends with no blank
+    line, unlike the others.)
+    """
+    chunks = text.split("\n> ")
+    answers = [c.strip("\n") for c in chunks[1 : 1 + count]]
+    return answers + ["<no answer>"] * (count - len(answers))
 
 
 def escape_cli(word: str) -> str:
-    """A word for a `;`-joined CLI line (`;` and `\\` are escaped with a backslash)."""
+    """A word for a CLI line: `;` separates commands, so it and `\\` are escaped."""
     return word.replace("\\", "\\\\").replace(";", "\\;")
 
 
@@ -397,7 +395,7 @@ class HAProxy:
         return socket_command(self.admin_socket, command, retry_s=0.5)
 
     def admin_many(self, commands: Sequence[str]) -> list[str]:
-        """Run runtime API commands in order, `;`-joined in as few connections as fit.
+        """Run runtime API commands in order, in as few connections as fit (prompt mode).
 
         Returns one answer per command. Raises AdminError when the socket cannot be used
         (then none, some or all of the commands ran: the caller must read the state back).
@@ -411,7 +409,9 @@ class HAProxy:
             if not batch:
                 return
             try:
-                text = socket_command(self.admin_socket, "; ".join(batch), retry_s=0.5)
+                text = socket_command(
+                    self.admin_socket, "prompt\n" + "\n".join(batch) + "\nquit", retry_s=0.5
+                )
             except OSError as exc:
                 raise AdminError(f"runtime API: {exc!r}") from exc
             answers.extend(split_answers(text, len(batch)))

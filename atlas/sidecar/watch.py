@@ -48,17 +48,19 @@ class ViewChanges:
     index: int | None = None
     warnings: list[str] = field(default_factory=list)
     resynced: bool = False  # the subtree was read again (a new session or client)
+    incomplete: bool = False  # reads are outstanding: nothing was taken, ask again soon
 
 
 class _RawService:
     """The data of one service node and of its instance nodes (loop thread only)."""
 
-    __slots__ = ("children", "data", "read", "zxid")
+    __slots__ = ("children", "data", "listed", "read", "zxid")
 
     def __init__(self) -> None:
         self.data: bytes | None = None
         self.zxid = 0  # max(mzxid, pzxid) of the service node
         self.read = False  # its data has been read at least once
+        self.listed = False  # its children have been listed at least once
         self.children: dict[str, tuple[bytes | None, int]] = {}  # name -> (data, mzxid)
 
     def index(self) -> int:
@@ -202,6 +204,9 @@ class _Watch:
             watched = self.instances.get(rel[0])
             if watched is not None:
                 watched.discard(rel[1])
+                # Read the parent: its pzxid is the index of this change, and the answer comes
+                # after every other notification of the same transaction (see `drain`).
+                self._read("children", f"{self.root}/{rel[0]}")
             self.post(("gone", path))
 
     # -- events ------------------------------------------------------------------------------
@@ -382,6 +387,10 @@ class ZooKeeperSource:
         self._client: KazooClient | None = None
         self._watch: _Watch | None = None
         self._inbox: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._post_lock = threading.Lock()  # orders posts and their counts
+        self._posted = 0  # items posted so far
+        self._quiet_at = 0  # items posted up to the last "quiet" one
+        self._taken = 0  # items drained so far (loop thread)
         self._initialized = False
         self._connected = False
         self._disconnected_since: float | None = time.monotonic()
@@ -392,6 +401,7 @@ class ZooKeeperSource:
         self._root_pzxid = 0
         self._max_index = 0
         self._resyncing = False
+        self._incomplete_since: float | None = None
         self._publisher = (
             _Publisher(self, self.layout.sidecar(host_id)) if host_id is not None else None
         )
@@ -441,12 +451,16 @@ class ZooKeeperSource:
             self._publisher.start()
 
     def _post(self, client: KazooClient, item: tuple[Any, ...]) -> None:
-        if client is self._client:
+        if client is not self._client:
+            return
+        with self._post_lock:
             self._inbox.append(item)
+            self._posted += 1
             if item[0] == "quiet":
                 # Every read asked has been answered: a complete view waits in the queue.
+                self._quiet_at = self._posted
                 self._initialized = True
-            self._listener()
+        self._listener()
 
     def _build(self) -> None:
         client = self._factory(self.hosts)
@@ -466,7 +480,7 @@ class ZooKeeperSource:
             elif self._disconnected_since is None:
                 self._disconnected_since = time.monotonic()
             log.info("zookeeper session %s", state)
-            self._post(client, ("session", state))
+            self._listener()
 
         client.add_listener(on_state)
         client.start_async()
@@ -508,13 +522,35 @@ class ZooKeeperSource:
 
     # -- the tree (loop thread) --------------------------------------------------------------
 
-    def drain(self) -> ViewChanges:
-        """Apply what the watch posted; return the services that changed, parsed."""
+    def drain(self, max_incomplete_s: float = 0.5) -> ViewChanges:
+        """Apply what the watch posted, up to the last moment every read was answered; return
+        the services that changed, parsed.
+
+        Every event leads to a read, and the answer to a read comes after every notification
+        the server sent before it, those of the same transaction included: so a view taken
+        where nothing is outstanding never shows half a transaction (an instance detached but
+        its service's count not yet lowered). Should reads never all be answered (endless
+        churn), everything is taken after `max_incomplete_s`.
+        """
         changes = ViewChanges()
         dirty: set[str] = set()
         quiet = False
         root = self.path
-        while self._inbox:
+        with self._post_lock:
+            posted, quiet_at = self._posted, self._quiet_at
+        take = quiet_at - self._taken
+        now = time.monotonic()
+        if take <= 0 and posted > self._taken:
+            if self._incomplete_since is None:
+                self._incomplete_since = now
+            if now - self._incomplete_since < max_incomplete_s:
+                changes.incomplete = True
+                return changes
+            take = posted - self._taken
+        else:
+            self._incomplete_since = None
+        self._taken += max(0, take)
+        for _ in range(take):
             item = self._inbox.popleft()
             kind = item[0]
             quiet = False
@@ -523,8 +559,6 @@ class ZooKeeperSource:
                 continue
             if kind == "resync":
                 changes.resynced = self._resyncing = True
-                continue
-            if kind == "session":
                 continue
             self.reads_applied += 1
             if kind == "service_gone":
@@ -566,6 +600,7 @@ class ZooKeeperSource:
                     raw.zxid = max(raw.zxid, item[3].mzxid, item[3].pzxid)
                 elif kind == "children":
                     raw.zxid = max(raw.zxid, item[3])
+                    raw.listed = True
                     listed = set(item[2])
                     for child in [c for c in raw.children if c not in listed]:
                         del raw.children[child]
@@ -578,7 +613,7 @@ class ZooKeeperSource:
                     raw.children.pop(rel[1], None)
         for name in dirty:
             raw = self._tree.get(name)
-            if raw is None or not raw.read:
+            if raw is None or not (raw.read and raw.listed):
                 changes.services[name] = None  # gone, or not read yet: not in the view
                 continue
             index = raw.index()

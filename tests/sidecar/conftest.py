@@ -341,6 +341,10 @@ class Running:
             out.append(body if status == 200 else f"ERR {status}")
         return out
 
+    def config(self) -> str:
+        """The config file as written now."""
+        return (self.state / "haproxy.cfg").read_text()
+
     def settled(self) -> bool:
         """True when HAProxy runs exactly what the sidecar last saw."""
         st = self.status

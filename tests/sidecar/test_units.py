@@ -336,6 +336,7 @@ def loop(tmp_path: Path):  # type: ignore[no-untyped-def]
         reload_min_interval_s=2.0,
         reload_jitter_s=1.0,
         file_sync_delay_s=0.0,  # the file follows runtime changes in the same step
+        drain_shutdown_s=0.0,  # a busy removed server has its sessions cut at once
     )
     sc = Sidecar(
         source,
