@@ -63,6 +63,7 @@ log = logging.getLogger("atlas.sidecar")
 
 SIDECAR_VERSION = "0.1.0"
 UNDECIDED_MAX_S = 1.0  # how long a hold decision may wait for a view still being read
+INCOMPLETE_WAIT_S = 0.5  # how long to wait for the rest of a view before taking what is there
 
 
 class ViewSource(Protocol):
@@ -322,6 +323,9 @@ class Sidecar:
         self._cond = threading.Condition()
         self._stop = False
         self._woken = False
+        self._poked = False
+        # A view still being read: wait for its last answer (a poke), at most until then.
+        self._incomplete_until: float | None = None
         self._status_copy: dict[str, Any] = {}
         source.set_listener(self.poke)
 
@@ -331,7 +335,7 @@ class Sidecar:
         """A change happened (called from the watcher's thread)."""
         with self._cond:
             self.debouncer.poke(self.clock())
-            self._woken = True
+            self._woken = self._poked = True
             self._cond.notify()
 
     def _wake(self, _: object = None) -> None:
@@ -438,7 +442,8 @@ class Sidecar:
             with self._cond:
                 if self._stop:
                     return
-                if self.debouncer.pending and self.source.connected:
+                waiting = self._incomplete_until is not None and not self._poked
+                if self.debouncer.pending and self.source.connected and not waiting:
                     wait = min(wait, self._until_debounce())
                 if not self._woken:
                     self._cond.wait(timeout=max(0.0, wait))
@@ -527,7 +532,10 @@ class Sidecar:
         self._guarded("check", self._poll_check, now)
         if self.source.connected and self.source.initialized and self._due("loop_view", now):
             with self._cond:
-                due = self.debouncer.take(now)
+                until = self._incomplete_until
+                waiting = until is not None and now < until and not self._poked
+                self._poked = False
+                due = not waiting and self.debouncer.take(now)
             if due:
                 self._guarded("view", self._take_changes, now)
         if self._held or self._undecided:
@@ -544,9 +552,13 @@ class Sidecar:
     def _take_changes(self, now: float) -> None:
         changes = self.source.drain()
         if changes.incomplete:
+            # The rest of a transaction is a read away: its answer pokes us (at once, as the
+            # leading edge of a burst), or the source takes what it has once this passes.
             with self._cond:
-                self.debouncer.poke(now)  # the rest of a transaction is a read away
+                self.debouncer.untake()
+            self._incomplete_until = now + INCOMPLETE_WAIT_S
             return
+        self._incomplete_until = None
         complete = changes.index is not None
         self.status.passes += 1
         self.status.view_generation += 1
@@ -609,6 +621,8 @@ class Sidecar:
     def _next_wait(self, now: float) -> float:
         waits = [self.settings.tick_s]
         waits.extend(at - now for at in self._retry.values())
+        if self._incomplete_until is not None:
+            waits.append(self._incomplete_until - now)
         if self._restart_at is not None:
             waits.append(self._restart_at - now)
         if self._reload_reasons and self.source.connected and self._check is None:

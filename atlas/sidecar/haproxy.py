@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -253,6 +254,7 @@ class HAProxy:
         self.adopted_pid: int | None = None
         self._log: IO[bytes] | None = None
         self._version: str | None = None
+        self._session: socket.socket | None = None  # kept runtime API connection (loop thread)
 
     # -- process ---------------------------------------------------------------------------
 
@@ -276,6 +278,7 @@ class HAProxy:
             out = self._log
         # Its own session: the sidecar's death, its terminal and its process group are not
         # HAProxy's.
+        self._close_session()
         self.proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
         )
@@ -313,6 +316,7 @@ class HAProxy:
                 return False
         except OSError:
             return False
+        self._close_session()
         self.proc = None
         self.adopted_pid = pid
         log.info("adopted the running haproxy, master pid %s", pid)
@@ -358,6 +362,7 @@ class HAProxy:
                 self._wait_exit(timeout)
         self.proc = None
         self.adopted_pid = None
+        self._close_session()
         if self._log is not None:
             self._log.close()
             self._log = None
@@ -378,6 +383,7 @@ class HAProxy:
 
     def forget(self) -> None:
         """Let go of the process without stopping it (the sidecar exits, HAProxy stays)."""
+        self._close_session()
         self.proc = None
         self.adopted_pid = None
         if self._log is not None:
@@ -409,12 +415,10 @@ class HAProxy:
             if not batch:
                 return
             try:
-                text = socket_command(
-                    self.admin_socket, "prompt\n" + "\n".join(batch) + "\nquit", retry_s=0.5
-                )
+                answers.extend(self._session_run(batch))
             except OSError as exc:
+                self._close_session()
                 raise AdminError(f"runtime API: {exc!r}") from exc
-            answers.extend(split_answers(text, len(batch)))
             batch.clear()
             size = 0
 
@@ -425,6 +429,44 @@ class HAProxy:
             size += len(cmd) + 2
         flush()
         return answers
+
+    def _session_run(self, commands: list[str]) -> list[str]:
+        """Commands over the kept prompt-mode connection (opened again when the worker closed
+        it: idle timeout, a new worker)."""
+        sock = self._session
+        if sock is not None and select.select([sock], [], [], 0)[0]:
+            self._close_session()  # readable while idle: closed by the other end
+            sock = None
+        if sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(5.0)
+            try:
+                sock.connect(str(self.admin_socket))
+                sock.sendall(b"prompt\n")
+                self._read_prompts(sock, 1)
+            except OSError:
+                sock.close()
+                raise
+            self._session = sock
+        sock.sendall(("\n".join(commands) + "\n").encode())
+        text = self._read_prompts(sock, len(commands))
+        return split_answers("\n> " + text, len(commands))
+
+    @staticmethod
+    def _read_prompts(sock: socket.socket, count: int) -> str:
+        data = b""
+        while data.count(b"\n> ") + data.startswith(b"> ") < count:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionResetError("runtime API closed the connection")
+            data += chunk
+        return data.decode("utf-8", "replace")
+
+    def _close_session(self) -> None:
+        if self._session is not None:
+            with contextlib.suppress(OSError):
+                self._session.close()
+            self._session = None
 
     def show_proc(self, timeout: float = 5.0) -> tuple[int | None, int, list[int]]:
         """(master reload count, failed reloads, current worker pids)."""
@@ -497,6 +539,7 @@ class HAProxy:
         A master that drops the connection before reading `reload` (it may be re-executing
         itself) is asked again once its reload count has not moved for a while.
         """
+        self._close_session()  # it talks to the old worker
         before, failed_before, old_workers = self.show_proc()
         deadline = time.monotonic() + timeout
         for attempt in range(_RELOAD_ATTEMPTS):

@@ -192,15 +192,10 @@ def parse_instance(node_name: str, data: bytes | None) -> tuple[Instance | None,
     )
 
 
-def parse_service(
-    name: str, data: bytes | None, children: Mapping[str, bytes | None], index: int = 0
-) -> tuple[Service | None, list[str]]:
-    """Parse a service znode and its instance children; returns (service, warnings).
-
-    `index` is the ZooKeeper index of the service's latest change, carried along (not compared).
-    """
-    if not is_service_name(name):
-        return None, [f"service node {name!r}: not a valid service name, ignored"]
+def parse_service_node(
+    name: str, data: bytes | None
+) -> tuple[HealthCheck | None, int | None, list[str]]:
+    """A service node's own data: (health check, declared instance count, warnings)."""
     warnings: list[str] = []
     obj = _load_json(data)
     health: HealthCheck | None = None
@@ -215,6 +210,19 @@ def parse_service(
         count = obj.get("instances")
         if isinstance(count, int) and not isinstance(count, bool) and count >= 0:
             declared = count
+    return health, declared, warnings
+
+
+def parse_service(
+    name: str, data: bytes | None, children: Mapping[str, bytes | None], index: int = 0
+) -> tuple[Service | None, list[str]]:
+    """Parse a service znode and its instance children; returns (service, warnings).
+
+    `index` is the ZooKeeper index of the service's latest change, carried along (not compared).
+    """
+    if not is_service_name(name):
+        return None, [f"service node {name!r}: not a valid service name, ignored"]
+    health, declared, warnings = parse_service_node(name, data)
     instances: list[Instance] = []
     for child, child_data in children.items():
         inst, warning = parse_instance(child, child_data)

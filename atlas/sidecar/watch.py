@@ -30,8 +30,14 @@ from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import NodeExistsError, NoNodeError
 from kazoo.protocol.states import Callback, EventType, WatchedEvent
 
-from atlas.contract import Layout
-from atlas.sidecar.model import Service, parse_service
+from atlas.contract import Layout, is_service_name
+from atlas.sidecar.model import (
+    HealthCheck,
+    Instance,
+    Service,
+    parse_instance,
+    parse_service_node,
+)
 
 log = logging.getLogger("atlas.sidecar.watch")
 
@@ -54,18 +60,20 @@ class ViewChanges:
 class _RawService:
     """The data of one service node and of its instance nodes (loop thread only)."""
 
-    __slots__ = ("children", "data", "listed", "read", "zxid")
+    __slots__ = ("children", "instances", "listed", "meta", "read", "zxid")
 
     def __init__(self) -> None:
-        self.data: bytes | None = None
         self.zxid = 0  # max(mzxid, pzxid) of the service node
         self.read = False  # its data has been read at least once
         self.listed = False  # its children have been listed at least once
-        self.children: dict[str, tuple[bytes | None, int]] = {}  # name -> (data, mzxid)
+        self.meta: tuple[HealthCheck | None, int | None, list[str]] = (None, None, [])
+        self.children: dict[str, int] = {}  # listed instance node -> mzxid (0: not read yet)
+        # Parsed once per change of their node: a change re-parses one instance, not all.
+        self.instances: dict[str, tuple[Instance | None, str | None]] = {}
 
     def index(self) -> int:
         """The index of the latest change seen of this service."""
-        return max([self.zxid, *(z for _, z in self.children.values())])
+        return max([self.zxid, *self.children.values()])
 
 
 class _Watch:
@@ -456,11 +464,15 @@ class ZooKeeperSource:
         with self._post_lock:
             self._inbox.append(item)
             self._posted += 1
+            first = self._posted == self._quiet_at + 1
             if item[0] == "quiet":
                 # Every read asked has been answered: a complete view waits in the queue.
                 self._quiet_at = self._posted
                 self._initialized = True
-        self._listener()
+        if first or item[0] == "quiet":
+            # The loop takes views up to a "quiet" item: wake it for those, and once for the
+            # first item after one (so it can take an endless stream after a while).
+            self._listener()
 
     def _build(self) -> None:
         client = self._factory(self.hosts)
@@ -596,7 +608,7 @@ class ZooKeeperSource:
             dirty.add(rel[0])
             if len(rel) == 1:
                 if kind == "node":
-                    raw.data, raw.read = item[2], True
+                    raw.meta, raw.read = parse_service_node(rel[0], item[2]), True
                     raw.zxid = max(raw.zxid, item[3].mzxid, item[3].pzxid)
                 elif kind == "children":
                     raw.zxid = max(raw.zxid, item[3])
@@ -604,13 +616,16 @@ class ZooKeeperSource:
                     listed = set(item[2])
                     for child in [c for c in raw.children if c not in listed]:
                         del raw.children[child]
+                        raw.instances.pop(child, None)
                     for child in item[2]:
-                        raw.children.setdefault(child, (None, 0))
+                        raw.children.setdefault(child, 0)
             elif len(rel) == 2:
                 if kind == "node":
-                    raw.children[rel[1]] = (item[2], item[3].mzxid)
+                    raw.children[rel[1]] = item[3].mzxid
+                    raw.instances[rel[1]] = parse_instance(rel[1], item[2])
                 elif kind == "gone":
                     raw.children.pop(rel[1], None)
+                    raw.instances.pop(rel[1], None)
         for name in dirty:
             raw = self._tree.get(name)
             if raw is None or not (raw.read and raw.listed):
@@ -618,11 +633,21 @@ class ZooKeeperSource:
                 continue
             index = raw.index()
             self._max_index = max(self._max_index, index)
-            # A child not read yet appears with its data on its own answer.
-            children = {c: d for c, (d, z) in raw.children.items() if z or d is not None}
-            service, warnings = parse_service(name, raw.data, children, index=index)
+            if not is_service_name(name):
+                changes.warnings.append(f"service node {name!r}: not a valid service name, ignored")
+                changes.services[name] = None
+                continue
+            health, declared, warnings = raw.meta
             changes.warnings.extend(warnings)
-            changes.services[name] = service
+            instances = []
+            # A child not read yet appears with its data on its own answer.
+            for inst, warning in raw.instances.values():
+                if warning:
+                    changes.warnings.append(f"service {name!r}: {warning}")
+                if inst is not None:
+                    instances.append(inst)
+            service = Service(name, health, declared=declared, index=index)
+            changes.services[name] = service.with_instances(tuple(instances))
         self._max_index = max(self._max_index, self._root_pzxid)
         if quiet:
             # Everything asked has been answered, in the server's order: the tree is the
