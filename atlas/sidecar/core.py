@@ -369,12 +369,8 @@ class Sidecar:
         deadline = self.clock() + self.settings.initial_sync_timeout_s
         while not self.source.initialized and self.clock() < deadline:
             time.sleep(0.02)
-        now = self.clock()
-        if self.source.initialized:
-            with self._cond:
-                self.debouncer.clear()
-            self._take_changes(now)
-        if self.proxy.adopt():
+        adopted = self.proxy.adopt()
+        if adopted:
             self.status.adopted = True
             self._running = self._reconstruct()
             log.info(
@@ -385,10 +381,17 @@ class Sidecar:
                 else "running state unknown, replacing its config with a hitless reload",
             )
             if self._running is not None:
-                self._dirty.update(self.desired.keys() | self._running.keys())
-        else:
+                # What it runs is the last-known-good: a wiped tree does not empty it at once.
+                self.desired = dict(self._running)
+                self._dirty.update(self._running)
+        if self.source.initialized:
+            with self._cond:
+                self.debouncer.clear()
+            self._take_changes(self.clock())
+        if not adopted:
             self._start_fresh()
-        self._guarded("apply", self._apply, self.clock())
+        if self._have_view and self.source.connected:
+            self._guarded("apply", self._apply, self.clock())
         self._update_status(self.clock())
 
     def _start_fresh(self) -> None:
@@ -562,7 +565,12 @@ class Sidecar:
         complete = changes.index is not None
         self.status.passes += 1
         self.status.view_generation += 1
-        self._have_view = True
+        if complete and not self._have_view:
+            # The first complete view: what HAProxy runs but the view lacks went away while
+            # no sidecar was looking (through the guard: a wiped tree is held).
+            for name in set(self.desired) - set(self.view) - set(changes.services):
+                changes.services[name] = None
+        self._have_view = self._have_view or complete
         by_service: dict[str, set[str]] = {}
         for w in changes.warnings:
             by_service.setdefault(w.split("'")[1] if "'" in w else "", set()).add(w)

@@ -102,7 +102,7 @@ def split_answers(text: str, count: int) -> list[str]:
     (Without the prompt, answers cannot be told apart: `Server deleted.` ends with no blank
     line, unlike the others.)
     """
-    chunks = text.split("\n> ")
+    chunks = text.split("\n> ")[:-1]  # what follows the last prompt is no answer yet
     answers = [c.strip("\n") for c in chunks[1 : 1 + count]]
     return answers + ["<no answer>"] * (count - len(answers))
 

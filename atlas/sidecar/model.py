@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from functools import cached_property, lru_cache
 from typing import Any
 
 from atlas.contract import (
@@ -47,12 +49,12 @@ class Instance:
     drain: bool = False  # no new requests (HAProxy `drain`); runtime state, not in the config
     slow_start_s: int = 0  # HAProxy `slowstart` after an enable; 0: none
 
-    @property
+    @cached_property
     def key(self) -> str:
         """The instance identity, `host:port` (IPv6 hosts in brackets, as in its znode name)."""
         return instance_id(self.host, self.port)
 
-    @property
+    @cached_property
     def target(self) -> str:
         """The `addr:port` HAProxy connects to (IPv6 in brackets)."""
         addr = self.address or self.host
@@ -75,6 +77,19 @@ class Service:
     def instance_map(self) -> dict[str, Instance]:
         """Instances by `host:port`."""
         return {i.key: i for i in self.instances}
+
+    @cached_property
+    def server_ids(self) -> dict[str, int]:
+        """Stable numeric HAProxy server ids from host:port (collisions probed in order)."""
+        ids: dict[str, int] = {}
+        used: set[int] = set()
+        for inst in self.instances:
+            sid = zlib.crc32(inst.key.encode()) % 1_000_000_000 + 1
+            while sid in used:
+                sid = sid % 1_000_000_000 + 1
+            used.add(sid)
+            ids[inst.key] = sid
+        return ids
 
     def with_instances(self, instances: tuple[Instance, ...]) -> Service:
         """A copy with other instances (sorted)."""
@@ -152,9 +167,14 @@ def parse_health_check(value: Any) -> HealthCheck | None:
     )
 
 
+# Pure and called per change with the same few thousand names: remembered.
+_split_id = lru_cache(maxsize=1 << 16)(split_instance_id)
+_normalize = lru_cache(maxsize=1 << 16)(normalize_host)
+
+
 def parse_instance(node_name: str, data: bytes | None) -> tuple[Instance | None, str | None]:
     """Parse one instance znode (Curator + Synapse + Atlas fields); returns (instance, warning)."""
-    parsed = split_instance_id(node_name)
+    parsed = _split_id(node_name)
     if parsed is None:
         return None, f"instance node {node_name!r}: name is not <host>:<port>"
     host, port = parsed
@@ -162,7 +182,7 @@ def parse_instance(node_name: str, data: bytes | None) -> tuple[Instance | None,
     if obj is None:
         return None, f"instance node {node_name!r}: data is not a JSON object"
     raw_address = obj.get("host", obj.get("address"))
-    address = normalize_host(raw_address) if isinstance(raw_address, str) else None
+    address = _normalize(raw_address) if isinstance(raw_address, str) else None
     if address is None:
         address = host
     data_port = _port(obj.get("port"))

@@ -151,7 +151,10 @@ def server_ops(backend: str, old: Service, new: Service) -> ServerPlan | None:
     ops: list[RuntimeOp] = []
     b = backend
     old_map, new_map = old.instance_map(), new.instance_map()
-    ids, old_ids = server_ids(new), server_ids(old)
+    # Ids depend on the set of instances only: the same set, the same ids.
+    same_set = old_map.keys() == new_map.keys()
+    ids = server_ids(old) if same_set else server_ids(new)
+    old_ids = ids if same_set else server_ids(old)
     after: dict[str, Instance] = {}
     complete = True
     # Deletes go last: a backend whose instances are replaced must never pass through a moment

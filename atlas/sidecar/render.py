@@ -14,7 +14,6 @@ Two ways to route by the service header:
 from __future__ import annotations
 
 import re
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -84,15 +83,7 @@ def server_name(instance: Instance) -> str:
 
 def server_ids(service: Service) -> dict[str, int]:
     """Stable numeric server ids derived from host:port (collisions probed in sorted order)."""
-    ids: dict[str, int] = {}
-    used: set[int] = set()
-    for inst in service.instances:
-        sid = zlib.crc32(inst.key.encode()) % 1_000_000_000 + 1
-        while sid in used:
-            sid = sid % 1_000_000_000 + 1
-        used.add(sid)
-        ids[inst.key] = sid
-    return ids
+    return service.server_ids
 
 
 def server_args(service: Service, instance: Instance, server_id: int) -> str:

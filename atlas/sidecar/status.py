@@ -128,7 +128,10 @@ def render_metrics(status: dict[str, Any]) -> str:
 
 
 class StatusServer:
-    """Serves `status()` on 127.0.0.1:<port> from daemon threads: /status JSON, /metrics text."""
+    """Serves `status()` on 127.0.0.1:<port> from daemon threads: /status JSON, /metrics text.
+
+    `status` must be thread-safe (`Sidecar.status_dict` is); start/stop from one thread.
+    """
 
     def __init__(self, status: Callable[[], dict[str, Any]], port: int, host: str = "127.0.0.1"):
         class Handler(BaseHTTPRequestHandler):

@@ -1,4 +1,8 @@
-"""Debounce and reload pacing, driven by an injected clock so tests never sleep."""
+"""Debounce and reload pacing, driven by an injected clock so tests never sleep.
+
+Not thread-safe: each object belongs to the loop (the Debouncer is poked under the loop's
+condition lock by the watcher thread, and read under it).
+"""
 
 from __future__ import annotations
 
