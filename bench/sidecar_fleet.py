@@ -32,7 +32,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -42,25 +41,10 @@ from atlas.contract import Layout, change_index, parse_sidecar_report
 from atlas.sidecar.haproxy import parse_servers_state, socket_command
 from atlas.stack import ManagedProcess, ZooKeeperServer, free_port, wait_for_port
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.sidecar_propagation import backend
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-class _H(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-def backend() -> int:
-    s = ThreadingHTTPServer(("127.0.0.1", 0), _H)
-    s.daemon_threads = True
-    threading.Thread(target=s.serve_forever, daemon=True).start()
-    return int(s.server_address[1])
 
 
 def inst(host: str, port: int, enabled: bool = True) -> bytes:

@@ -129,7 +129,7 @@ def main() -> None:
         print(f"disable one instance, znode set -> HAProxy maint:      {runtime_ms:8.1f} ms")
         print(
             f"sidecar memory: RSS {rss1:.0f} MB in-process, +{rss1 - rss0:.0f} MB for the "
-            f"tree cache, snapshot and HAProxy control"
+            "watch, the view and HAProxy control"
         )
     finally:
         sc.request_stop()
