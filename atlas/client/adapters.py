@@ -10,12 +10,12 @@ import os
 import re
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
 import requests.adapters
-from requests.adapters import HTTPAdapter
+from requests.adapters import HTTPAdapter as HTTPAdapter
 from requests.models import PreparedRequest, Response
 from urllib3.exceptions import ReadTimeoutError
 from urllib3.util.retry import Retry
@@ -299,6 +299,12 @@ def _connect_read(timeout: Any) -> tuple[Any, Any]:
         connect, read = timeout
         return connect, read
     return timeout, timeout
+
+
+if TYPE_CHECKING:
+
+    def __getattr__(name: str) -> Any:
+        """For type checkers: requests.adapters' other names are answered at run time."""
 
 
 shadow(__name__, requests.adapters)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import queue
 import threading
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import TypeVar
@@ -13,7 +14,8 @@ T = TypeVar("T")
 
 DEFAULT_CONCURRENCY = 16
 
-# The executor whose worker the current thread is, if any (see gather's executor=).
+# A weak reference to the executor whose worker the current thread is (see executor=);
+# weak, so that an executor nobody else holds can still be collected and its threads end.
 _worker_of = threading.local()
 
 
@@ -51,7 +53,7 @@ def gather(
         todo.put((index, contextvars.copy_context(), call))
 
     def worker(pool: Executor | None) -> None:
-        _worker_of.executor = pool
+        _worker_of.executor = weakref.ref(pool) if pool is not None else None
         while True:
             try:
                 index, context, call = todo.get_nowait()
@@ -60,7 +62,8 @@ def gather(
             context.run(run, index, call)
 
     workers = min(concurrency, len(calls))
-    if executor is not None and getattr(_worker_of, "executor", None) is not executor:
+    mine = getattr(_worker_of, "executor", None)
+    if executor is not None and (mine is None or mine() is not executor):
         futures = [executor.submit(worker, executor) for _ in range(workers)]
         for future in futures:
             future.result()

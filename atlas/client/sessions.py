@@ -261,7 +261,7 @@ class Session(requests.Session):
     def _workers(self, size: int) -> ThreadPoolExecutor:
         """This session's worker threads, at least ``size`` of them (grown, never shrunk)."""
         with _executor_lock:
-            current = getattr(self, "_executor", None)
+            current: tuple[ThreadPoolExecutor, int] | None = getattr(self, "_executor", None)
             if current is not None and current[1] >= size:
                 return current[0]
             executor = ThreadPoolExecutor(max_workers=size, thread_name_prefix="atlas-client")
@@ -273,7 +273,8 @@ class Session(requests.Session):
     def close(self) -> None:
         """Close the adapters' connections and stop the map worker threads."""
         with _executor_lock:
-            current, self._executor = getattr(self, "_executor", None), None
+            current: tuple[ThreadPoolExecutor, int] | None = getattr(self, "_executor", None)
+            self._executor = None
         if current is not None:
             current[0].shutdown(wait=False)
         super().close()
@@ -301,6 +302,12 @@ class Session(requests.Session):
 def session() -> Session:
     """Return a new atlas Session (like ``requests.session()``)."""
     return Session()
+
+
+if TYPE_CHECKING:
+
+    def __getattr__(name: str) -> Any:
+        """For type checkers: requests.sessions' other names are answered at run time."""
 
 
 shadow(__name__, requests.sessions)
