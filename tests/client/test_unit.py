@@ -328,3 +328,42 @@ def test_gather_keeps_order_exceptions_in_place_and_limits_concurrency() -> None
     assert gather() == []
     with pytest.raises(ValueError):
         gather(lambda: 1, concurrency=0)
+
+
+def test_map_reuses_the_sessions_threads_and_carries_the_context(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    session = Session(concurrency=4)
+    seen: list[tuple[int, str | None]] = []
+    lock = threading.Lock()
+
+    def fake_request(method: str, url: str, **kwargs: Any) -> str:
+        with lock:
+            seen.append((threading.get_ident(), current_request_id()))
+        return url
+
+    monkeypatch.setattr(session, "request", fake_request)
+    calls = [("GET", f"service://x/{i}") for i in range(8)]
+    with request_id("batch-1"):
+        assert session.map(calls) == [url for _method, url in calls]
+        assert session.map(calls) == [url for _method, url in calls]
+    threads = {ident for ident, _rid in seen}
+    assert len(seen) == 16 and len(threads) <= 4 and threading.get_ident() not in threads
+    assert {rid for _ident, rid in seen} == {"batch-1"}
+    assert session._workers(4) is session._workers(2)
+    bigger = session._workers(8)
+    assert session._workers(8) is bigger
+    session.close()
+    assert getattr(session, "_executor", None) is None
+
+
+def test_gather_inside_a_worker_of_the_same_executor_does_not_wait_on_itself() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+
+        def inner() -> list[int | Exception]:
+            return gather(lambda: 1, lambda: 2, lambda: 3, executor=pool)
+
+        results = gather(inner, inner, executor=pool)
+    assert results == [[1, 2, 3], [1, 2, 3]]
