@@ -6,6 +6,7 @@ import pytest
 
 from atlas.api.auth import Authenticator, Principal
 from atlas.config import ConfigError, Settings
+from atlas.contract import Layout
 from atlas.errors import Forbidden, Unauthorized
 from tests.helpers import ADMIN_TOKEN
 from tests.unit.conftest import Client
@@ -79,7 +80,7 @@ def test_settings_defaults_and_table_prefix() -> None:
     s = Settings.from_env({"ATLAS_REALM": "test", "ATLAS_ADMIN_TOKENS": f" {ADMIN_TOKEN} ,"})
     assert s.table_prefix == "atlas-test-"
     assert s.admin_tokens == (ADMIN_TOKEN,)
-    assert s.zk_root == "/atlas/test"
+    assert Layout(s.realm).root == "/atlas/test"
 
 
 def test_cli_refuses_bad_configuration(monkeypatch: pytest.MonkeyPatch, capsys) -> None:  # type: ignore[no-untyped-def]
