@@ -64,6 +64,7 @@ class AtlasExtension:
         self._started_in: int | None = None  # pid of the process that started background work
         self._closed = False
         self._fork_warned = False
+        self._own_mirror = False
         if app is not None:
             self.init_app(app, **kwargs)
 
@@ -77,11 +78,9 @@ class AtlasExtension:
     ) -> None:
         """Bind to an app: build models and the registry unless they are injected (no I/O)."""
         self.settings = settings
-        if mirror is None and registry is None and settings.zk_hosts:
-            zk = ZkMirror(settings.zk_hosts, settings.realm, timeout=settings.zk_timeout_s)
-            mirror = zk
-            if settings.reconciler_enabled:
-                self.reconciler = Reconciler(zk, interval=settings.reconcile_interval_s)
+        self._own_mirror = mirror is None and registry is None and bool(settings.zk_hosts)
+        if self._own_mirror:
+            mirror = ZkMirror(settings.zk_hosts, settings.realm, timeout=settings.zk_timeout_s)
         if registry is None:
             registry = Registry(build_models_for(settings), mirror=mirror)
         self.registry = registry
@@ -125,8 +124,12 @@ class AtlasExtension:
             self._started_in = os.getpid()
             if isinstance(self.mirror, ZkMirror):
                 self.mirror.start()
-            if self.reconciler is not None:
-                self.reconciler.start()
+                if self._own_mirror and self.settings.reconciler_enabled:
+                    # Built here, not in init_app: its election identity names this process.
+                    self.reconciler = Reconciler(
+                        self.mirror, interval=self.settings.reconcile_interval_s
+                    )
+                    self.reconciler.start()
             _RUNNING.add(self)
             log.debug("background work started in process %s", os.getpid())
 

@@ -16,7 +16,7 @@ import click
 
 from atlas import __version__
 from atlas.config import SETTINGS_CLASSES, ConfigError, ServeSettings, Settings
-from atlas.logs import LEVELS, configure
+from atlas.logs import configure
 
 
 class AtlasGroup(click.Group):
@@ -35,8 +35,7 @@ class AtlasGroup(click.Group):
 @click.version_option(__version__, prog_name="atlas")
 def cli() -> None:
     """Atlas, the cluster registry. Settings are ATLAS_* variables: see `atlas settings`."""
-    level = os.environ.get("ATLAS_LOG_LEVEL", "INFO").upper()
-    configure(level if level in LEVELS else "INFO")
+    configure(os.environ.get("ATLAS_LOG_LEVEL", "INFO"))
 
 
 @cli.command()

@@ -23,6 +23,9 @@ workers = _serve.workers
 threads = _serve.threads
 worker_class = "gthread"
 graceful_timeout = _serve.graceful_timeout_s
+# gunicorn >= 25 opens a control socket at one fixed path per user ($HOME/.gunicorn): every
+# Atlas on the machine (tests, `atlas dev`) would fight over it. Older versions ignore this.
+control_socket_disable = True
 # With `logconfig_dict` set, gunicorn writes its access log through it: same format, same stream.
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms "%(a)s"'
 logconfig_dict = config_dict(os.environ.get("ATLAS_LOG_LEVEL", "INFO"))

@@ -94,7 +94,7 @@ class KazooNoiseFilter(logging.Filter):
 
 def config_dict(level: str = "INFO", *, stream: str = "ext://sys.stderr") -> dict[str, Any]:
     """The dictConfig of an Atlas process; gunicorn takes it as `logconfig_dict`."""
-    level = level.upper() if level.upper() in LEVELS else "INFO"
+    level = _level(level)
     handler = ["atlas"]
     return {
         "version": 1,
@@ -121,9 +121,21 @@ def config_dict(level: str = "INFO", *, stream: str = "ext://sys.stderr") -> dic
     }
 
 
-def configure(level: str = "INFO") -> None:
-    """Install the Atlas logging setup in this process (CLI commands, `atlas dev`)."""
+def configure(level: str = "INFO", force: bool = False) -> None:
+    """Install the Atlas logging setup in this process (CLI commands, `atlas dev`).
+
+    Like `logging.basicConfig`, it leaves a process whose root logger already has handlers
+    (a test runner, an embedding application) alone unless `force`; it then only sets the
+    level of Atlas's own loggers.
+    """
+    if logging.getLogger().handlers and not force:
+        logging.getLogger("atlas").setLevel(_level(level))
+        return
     logging.config.dictConfig(config_dict(level))
+
+
+def _level(level: str) -> str:
+    return level.upper() if level.upper() in LEVELS else "INFO"
 
 
 def noise_filter() -> KazooNoiseFilter | None:
