@@ -134,7 +134,7 @@ class AtlasExtension:
             log.debug("background work started in process %s", os.getpid())
 
     def ensure_started(self) -> None:
-        """`before_request` hook: start background work on the first request (any WSGI server)."""
+        """`before_request` hook: start background work on the first request (thread-safe)."""
         if self._started_in != os.getpid() and not self._closed:
             self.start()
 
