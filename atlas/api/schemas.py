@@ -219,16 +219,6 @@ class DeleteQuerySchema(StrictSchema):
     cascade = fields.Boolean(load_default=False)
 
 
-class ProblemSchema(Schema):
-    """RFC 9457 problem details: the one error shape of the API."""
-
-    type = fields.String(required=True)
-    title = fields.String(required=True)
-    status = fields.Integer(required=True)
-    detail = fields.String(required=True)
-    errors = fields.Dict(keys=fields.String(), values=fields.List(fields.String()))
-
-
 class ConfigPutSchema(StrictSchema):
     """Body of PUT /v1/services/{name}/config/{key}."""
 
@@ -248,13 +238,6 @@ class ConfigEntrySchema(Schema):
     created_at = fields.String()
     updated_at = fields.String()
     updated_by = fields.String()
-
-
-class ConfigEntryPageSchema(Schema):
-    """A page of a key's versions."""
-
-    items = fields.List(fields.Nested(ConfigEntrySchema))
-    next_cursor = fields.String(allow_none=True)
 
 
 class ConfigEntryQuerySchema(StrictSchema):

@@ -163,7 +163,10 @@ class MotoServer:
 
 
 class AtlasServer:
-    """Atlas under real gunicorn, configured by ATLAS_* variables."""
+    """Atlas under real gunicorn with `atlas.gunicorn_conf`, configured by ATLAS_* variables.
+
+    Everything gunicorn and the app log (access log included) goes to `<base_dir>/<name>.log`.
+    """
 
     def __init__(
         self,
@@ -174,27 +177,26 @@ class AtlasServer:
         threads: int = 4,
         app: str = "atlas.wsgi:app",
         name: str = "atlas",
+        preload: bool = False,
+        graceful_timeout: int = 5,
     ) -> None:
         self.base_dir = Path(base_dir)
         self.port = port or free_port()
         full_env = dict(os.environ)
         full_env.update(env)
         self.env = full_env
-        self.process = ManagedProcess(
-            name,
-            [
-                sys.executable, "-m", "gunicorn",
-                "--bind", f"{LOOPBACK}:{self.port}",
-                "--workers", str(workers),
-                "--worker-class", "gthread",
-                "--threads", str(threads),
-                "--graceful-timeout", "5",
-                "--access-logfile", str(self.base_dir / f"{name}-access.log"),
-                app,
-            ],
-            self.base_dir / f"{name}.log",
-            env=full_env,
-        )  # fmt: skip
+        argv = [
+            sys.executable, "-m", "gunicorn",
+            "--config", "python:atlas.gunicorn_conf",
+            "--bind", f"{LOOPBACK}:{self.port}",
+            "--workers", str(workers),
+            "--threads", str(threads),
+            "--graceful-timeout", str(graceful_timeout),
+        ]  # fmt: skip
+        if preload:
+            argv.append("--preload")
+        self.log_path = self.base_dir / f"{name}.log"
+        self.process = ManagedProcess(name, [*argv, app], self.log_path, env=full_env)
 
     @property
     def url(self) -> str:
