@@ -127,6 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `atlas` console script."""
+    # Hook for the operators' click commands (atlas.admin) until this module is one click group.
+    from atlas.admin.cli import COMMAND_NAMES
+    from atlas.admin.cli import main as admin_main
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if (argv and argv[0] in COMMAND_NAMES) or "_ATLAS_COMPLETE" in os.environ:
+        return admin_main(argv)
     logging.basicConfig(
         level=os.environ.get("ATLAS_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
