@@ -72,6 +72,8 @@ class Settings:
     data_key_cache_s: float = field(default=300.0, metadata={"env": "ATLAS_DATA_KEY_CACHE_S"})
     token_cache_s: float = field(default=0.0, metadata={"env": "ATLAS_TOKEN_CACHE_S"})
     audit_queue_size: int = field(default=10_000, metadata={"env": "ATLAS_AUDIT_QUEUE_SIZE"})
+    # The dashboard's session key (atlas.ui); empty: derived from the admin tokens.
+    ui_secret_key: str = field(default="", repr=False, metadata={"env": "ATLAS_UI_SECRET_KEY"})
 
     def __post_init__(self) -> None:
         if not REALM_RE.match(self.realm):
@@ -119,6 +121,8 @@ class Settings:
             )
         if not self.kms_key_id:
             object.__setattr__(self, "kms_key_id", f"alias/atlas-{self.realm}")
+        if self.ui_secret_key and len(self.ui_secret_key) < 32:
+            raise ConfigError("ATLAS_UI_SECRET_KEY: must be at least 32 characters")
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ConfigError(
                 f"ATLAS_LOG_LEVEL: expected DEBUG/INFO/WARNING/ERROR, got {self.log_level!r}"

@@ -78,13 +78,18 @@ def ago(value: str | None, now: datetime | None = None) -> str:
 
 
 def human_duration(seconds: int) -> str:
-    """90 -> `1m30s`, 7200 -> `2h`: the largest two units."""
-    parts: list[str] = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if seconds >= size or (unit == "s" and not parts):
-            parts.append(f"{seconds // size}{unit}")
-            seconds %= size
-    return "".join(parts[:2])
+    """90 -> `1m30s`, 7200 -> `2h`, 90061 -> `1d1h`: the largest unit and the next one."""
+    units = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
+    for i, (unit, size) in enumerate(units):
+        if seconds >= size or unit == "s":
+            text = f"{seconds // size}{unit}"
+            if i + 1 < len(units):
+                next_unit, next_size = units[i + 1]
+                rest = (seconds % size) // next_size
+                if rest:
+                    text += f"{rest}{next_unit}"
+            return text
+    return f"{seconds}s"
 
 
 def parse_duration(text: str) -> timedelta:
