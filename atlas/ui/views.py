@@ -46,7 +46,8 @@ SECURITY_HEADERS = {
     ),
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # not no-referrer: with it, browsers send `Origin: null` on form posts and the check fails
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
 

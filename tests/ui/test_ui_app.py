@@ -106,6 +106,8 @@ def test_disable_with_reason_needs_the_csrf_token(ui: Ui, app: Flask) -> None:
         assert instance(app, "10.0.0.2:8000")["enabled"] is True
     resp = ui.post(path, {"reason": "deploying"}, headers={"Origin": "https://evil.example"})
     assert resp.status_code == 403
+    resp = ui.post(path, {"reason": "deploying"}, headers={"Origin": "null"})
+    assert resp.status_code == 403
     resp = ui.post(path, {"reason": "deploying"}, headers={"Sec-Fetch-Site": "cross-site"})
     assert resp.status_code == 403
     assert instance(app, "10.0.0.2:8000")["enabled"] is True
