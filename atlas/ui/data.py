@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from atlas.api.auth import ADMIN, CONFIG, Principal
 from atlas.api.resources import dump_instance, dump_service
 from atlas.errors import Forbidden
+
+if TYPE_CHECKING:
+    from atlas.app import AtlasExtension
 
 MASKED: dict[str, Any] = {"secret": True}
 AUDIT_ROWS = 20
 VALUE_CHARS = 120
 
 
-def _all_services(ext: Any) -> list[Any]:
+def _all_services(ext: AtlasExtension) -> list[Any]:
     registry = ext.registry
     limit = ext.settings.page_limit_max
     out: list[Any] = []
@@ -40,7 +43,7 @@ def counts(instances: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     return {"enabled": sum(1 for i in listed if i.get("enabled")), "total": len(listed)}
 
 
-def services_overview(ext: Any) -> list[dict[str, Any]]:
+def services_overview(ext: AtlasExtension) -> list[dict[str, Any]]:
     """Every service with its instance counts (one scan of the instances, not one query each)."""
     by_service = ext.registry.scan_instances()
     rows = []
@@ -52,7 +55,7 @@ def services_overview(ext: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def mirror_state(ext: Any) -> dict[str, Any]:
+def mirror_state(ext: AtlasExtension) -> dict[str, Any]:
     """The mirror part of /v1/info (this process's view): what is known, None for the rest."""
     status: Mapping[str, Any] = ext.info().get("mirror") or {}
     last = status.get("last_reconcile")
@@ -73,7 +76,7 @@ def mirror_state(ext: Any) -> dict[str, Any]:
     }
 
 
-def _allowed(ext: Any, principal: Principal, scope: str, service: str) -> bool:
+def _allowed(ext: AtlasExtension, principal: Principal, scope: str, service: str) -> bool:
     try:
         ext.authenticator.authorize(principal, False, scope, service)
     except Forbidden:
@@ -87,7 +90,7 @@ def value_text(value: Any) -> str:
     return text if len(text) <= VALUE_CHARS else text[: VALUE_CHARS - 1] + "…"
 
 
-def config_rows(ext: Any, name: str) -> tuple[int, list[dict[str, Any]]]:
+def config_rows(ext: AtlasExtension, name: str) -> tuple[int, list[dict[str, Any]]]:
     """(config version, [{key, secret, value}]) with every secret masked (never opened)."""
     view = ext.config.get_config(name, reveal=False)
     rows = []
@@ -100,7 +103,7 @@ def config_rows(ext: Any, name: str) -> tuple[int, list[dict[str, Any]]]:
     return view.version, rows
 
 
-def service_detail(ext: Any, name: str, principal: Principal) -> dict[str, Any]:
+def service_detail(ext: AtlasExtension, name: str, principal: Principal) -> dict[str, Any]:
     """A service, its instances, its config keys and its recent audit (each if allowed)."""
     svc = ext.registry.get_service(name)
     instances = [dump_instance(i) for i in ext.registry.all_instances(name)]
@@ -122,7 +125,7 @@ def service_detail(ext: Any, name: str, principal: Principal) -> dict[str, Any]:
     return detail
 
 
-def host_detail(ext: Any, host: str) -> dict[str, Any]:
+def host_detail(ext: AtlasExtension, host: str) -> dict[str, Any]:
     """Every instance on a host, across services."""
     instances = [dump_instance(i) for i in ext.registry.host_instances(host)]
     instances.sort(key=lambda i: (i.get("service") or "", i.get("port") or 0))
