@@ -761,6 +761,12 @@ def config_unset(op: Op, service: str, key: str, if_version: int | None) -> None
     op.show({"unset": key, "service": service}, lambda: f"unset {service} {key}")
 
 
+def _history_value(entry: Mapping[str, Any]) -> str | None:
+    if entry.get("secret"):
+        return "(secret)"
+    return None if entry.get("deleted") else _value_text(entry.get("value"))
+
+
 @config.command("history")
 @click.argument("service", type=SERVICE)
 @click.argument("key")
@@ -776,11 +782,7 @@ def config_history(op: Op, service: str, key: str, limit: int | None) -> None:
                 e.get("version"),
                 e.get("secret"),
                 e.get("deleted"),
-                "(secret)"
-                if e.get("secret")
-                else None
-                if e.get("deleted")
-                else _value_text(e.get("value")),
+                _history_value(e),
                 e.get("updated_at"),
                 e.get("updated_by"),
             ]
