@@ -7,14 +7,14 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBS   := zookeeper haproxy socat libcurator-discovery-java default-jdk-headless wrk
+DEBS   := zookeeper haproxy socat libcurator-discovery-java default-jdk-headless wrk chromium
 
 .PHONY: run test lint unit integration deps install bench clean
 
 deps:  ## Debian packages the stack and the tests run for real
 	@if ! command -v haproxy >/dev/null || [ ! -f /usr/share/java/zookeeper.jar ] \
 	   || [ ! -f /usr/share/java/curator-x-discovery.jar ] || ! command -v javac >/dev/null \
-	   || ! command -v wrk >/dev/null; then \
+	   || ! command -v wrk >/dev/null || ! command -v chromium >/dev/null; then \
 	  echo "installing Debian packages: $(DEBS)"; \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEBS); \

@@ -28,6 +28,7 @@ from atlas.registry.audit import AuditLog
 from atlas.registry.config import ConfigStore
 from atlas.registry.crypto import Sealer, sealer_for
 from atlas.registry.tokens import TokenStore
+from atlas.ui import ui_blueprint
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +210,7 @@ def create_app(
 
     AtlasExtension(app, settings=settings, registry=registry, mirror=mirror)
     init_api(app)
+    app.register_blueprint(ui_blueprint)
 
     app.register_error_handler(Exception, problem_response)
 

@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from atlas import __version__
+from atlas.admin.cli import COMMANDS as ADMIN_COMMANDS
 from atlas.config import SETTINGS_CLASSES, ConfigError, ServeSettings, Settings
 from atlas.logs import configure
 
@@ -146,6 +147,10 @@ def show_settings() -> None:
         for name, default, meaning in rows:
             click.echo(f"{name:<{width}}  {default:<{dwidth}}  {meaning}".rstrip())
         click.echo()
+
+
+for _admin_command in ADMIN_COMMANDS:
+    cli.add_command(_admin_command)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -260,6 +260,13 @@ class Settings(AtlasSettings):
     audit_queue_size: int = setting(
         10_000, "audit records waiting to be written; beyond, dropped", ge=1, le=1_000_000
     )
+    ui_secret_key: str = setting(
+        "",
+        "signs the dashboard's session cookie (32+ characters; same on every process)",
+        shown="(derived from ATLAS_ADMIN_TOKENS)",
+        secret=True,
+        repr=False,
+    )
 
     @field_validator("realm")
     @classmethod
@@ -305,6 +312,13 @@ class Settings(AtlasSettings):
     def _token_length(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         if any(len(t) < 16 for t in value):
             raise ValueError("every token must be at least 16 characters")
+        return value
+
+    @field_validator("ui_secret_key")
+    @classmethod
+    def _ui_key(cls, value: str) -> str:
+        if value and len(value) < 32:
+            raise ValueError("must be at least 32 characters")
         return value
 
     @field_validator("log_level", mode="before")
