@@ -1,4 +1,4 @@
-"""The `atlas` command (click): migrate, serve, dev, reconcile, settings.
+"""The `atlas` command (click): migrate, serve, dev, reconcile, settings, new-service.
 
 Another module adds a command with one line: `cli.add_command(my_command)`.
 """
@@ -17,6 +17,7 @@ import click
 from atlas import __version__
 from atlas.config import SETTINGS_CLASSES, ConfigError, ServeSettings, Settings
 from atlas.logs import configure
+from atlas.service.scaffold import new_service
 
 
 class AtlasGroup(click.Group):
@@ -146,6 +147,9 @@ def show_settings() -> None:
         for name, default, meaning in rows:
             click.echo(f"{name:<{width}}  {default:<{dwidth}}  {meaning}".rstrip())
         click.echo()
+
+
+cli.add_command(new_service)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
