@@ -44,7 +44,6 @@ class SentryReporter:
             **{
                 "dsn": dsn,
                 "environment": realm,
-                "send_default_pii": False,
                 **options,
             }
         )
