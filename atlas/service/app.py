@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable, Iterable, Mapping
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
@@ -13,14 +12,14 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 import flask
 from flask import Flask, Response
 
-from atlas.client import Session
-from atlas.client import flask as client_flask
+from atlas.client import DEFAULT_REQUEST_ID_HEADER, Session
 from atlas.client.config import DEFAULT_URL, MissingSettings, Settings, defaults_of, load
 from atlas.service import logs
 from atlas.service._names import check_service_name
 from atlas.service.health import Health, database_check, redis_check
 from atlas.service.problems import ProblemApi, is_unexpected, problem_response
 from atlas.service.reporting import Reporter, make_reporter
+from atlas.service.wsgi import ServiceMiddleware
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -28,7 +27,6 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import scoped_session
 
 log = logging.getLogger(__name__)
-access_log = logging.getLogger(logs.ACCESS_LOGGER)
 
 T = TypeVar("T")
 
@@ -147,10 +145,14 @@ class SmartService(Flask):
         logs.set_realm(self.realm)
         logging.getLogger().setLevel(str(self.config.get("LOG_LEVEL", "INFO")).upper())
 
-        client_flask.init_app(self)
-        if self.config.get("ACCESS_LOG", True):
-            self.before_request(self._start_timer)
-            self.after_request(self._log_access)
+        header = (
+            self.config.get("ATLAS_REQUEST_ID_HEADER")
+            or os.environ.get("ATLAS_REQUEST_ID_HEADER")
+            or DEFAULT_REQUEST_ID_HEADER
+        )
+        self.wsgi_app = ServiceMiddleware(  # type: ignore[method-assign]
+            self.wsgi_app, header, access_log=bool(self.config.get("ACCESS_LOG", True))
+        )
 
         self.reporter: Reporter = make_reporter(self.config, self.realm, name)
         self.report_failures = 0  # reporter calls that raised (each is logged)
@@ -163,7 +165,8 @@ class SmartService(Flask):
             self._build_engine, after_fork=lambda e: e.dispose(close=False)
         )
         self._db: PerProcess[scoped_session[Any]] = PerProcess(self._build_db)
-        self.teardown_appcontext(self._remove_db_session)
+        if self.config.get("DATABASE_URL"):
+            self.teardown_appcontext(self._remove_db_session)
 
         self.health = Health(self)
         if self.config.get("REDIS_URL"):
@@ -254,30 +257,6 @@ class SmartService(Flask):
                 self.report_failures += 1
                 log.exception("the error reporter (%s) failed", self.reporter.name)
         return problem_response(exc)
-
-    # ------------------------------------------------------------ access log
-
-    def _start_timer(self) -> None:
-        flask.g.atlas_t0 = time.perf_counter()
-
-    def _log_access(self, response: Response) -> Response:
-        t0 = flask.g.get("atlas_t0")
-        request = flask.request
-        access_log.info(
-            "%s %s %s",
-            request.method,
-            request.full_path if request.query_string else request.path,
-            response.status_code,
-            extra={
-                "method": request.method,
-                "path": request.path,
-                "status": response.status_code,
-                "duration_ms": round((time.perf_counter() - t0) * 1000, 3) if t0 else None,
-                "remote_addr": request.remote_addr,
-                "bytes": response.content_length,
-            },
-        )
-        return response
 
     # ------------------------------------------------------- registration
 

@@ -5,6 +5,7 @@ ships without the API server's dependencies."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -18,11 +19,12 @@ from flask import current_app
 from flask_restful import Resource
 
 from atlas.errors import NotFound, ValidationFailed
-from atlas.service import PROBLEM_JSON, PerProcess, SmartService, current_service, secret
+from atlas.service import PROBLEM_JSON, PerProcess, SmartService, current_service, logs, secret
 from atlas.service._names import check_service_name
 from atlas.service.redact import MASK, Redactor, strip_url_password
 from atlas.stack import free_port
 from atlas.stack.echo import make_handler
+from tests.helpers import wait_until
 from tests.service.conftest import PostgresServer, RedisServer
 
 CONFIG = {
@@ -171,6 +173,7 @@ def test_request_id_is_echoed_passed_on_by_the_client_and_logged(
     assert resp.headers["X-Request-Id"] == "rid-123"
     assert resp.json["request_id"] == "rid-123"  # what the downstream service received
 
+    logs.flush_access_log()  # access lines are written in batches by a background thread
     lines = log_lines(capsys.readouterr().out)
     access = [r for r in lines if r["logger"] == "atlas.service.access"]
     assert access[-1] | {"time": None, "duration_ms": None} == {
@@ -180,6 +183,37 @@ def test_request_id_is_echoed_passed_on_by_the_client_and_logged(
         "bytes": resp.content_length, "time": None, "duration_ms": None,
     }  # fmt: skip
     assert all({"time", "level", "service", "realm", "request_id"} <= r.keys() for r in lines)
+
+
+def test_access_lines_of_the_default_setup_are_batched_by_a_writer_thread(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    app = make()
+    root = logging.getLogger()
+    root.handlers[:] = [h for h in root.handlers if isinstance(h, logs.StdoutHandler)]
+    handler = logs.fast_handler(logging.getLogger(logs.ACCESS_LOGGER))
+    assert handler is not None  # only our handler: the batched path
+    client = app.test_client()
+    for i in range(5):
+        client.get(f"/hello?n={i}", headers={"X-Request-Id": f"batch-{i}"})
+    logs.flush_access_log()
+    access = [r for r in log_lines(capsys.readouterr().out) if r["logger"] == logs.ACCESS_LOGGER]
+    assert [(r["message"], r["request_id"], r["status"]) for r in access] == [
+        (f"GET /hello?n={i} 200", f"batch-{i}", 200) for i in range(5)
+    ]
+    assert all(r["service"] == "greeter" and r["realm"] == "local" and r["time"] for r in access)
+    writer = logs.access_writer(handler)
+    assert writer.errors == 0
+    client.get("/hello")
+    wait_until(lambda: not writer._pending, what="the writer thread drains by itself")
+
+    def broken(line: str) -> None:
+        raise OSError("stdout closed")
+
+    handler.write_line = broken  # type: ignore[method-assign]
+    client.get("/hello")
+    writer.flush()
+    assert writer.errors == 1 and not writer._pending  # counted, dropped, the service goes on
 
 
 def test_clients_are_lazy_and_say_what_is_missing() -> None:
