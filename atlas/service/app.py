@@ -13,7 +13,14 @@ import flask
 from flask import Flask, Response
 
 from atlas.client import DEFAULT_REQUEST_ID_HEADER, Session
-from atlas.client.config import DEFAULT_URL, MissingSettings, Settings, defaults_of, load
+from atlas.client.config import (
+    DEFAULT_URL,
+    ConfigLoadError,
+    MissingSettings,
+    Settings,
+    defaults_of,
+    load,
+)
 from atlas.service import logs
 from atlas.service._names import check_service_name
 from atlas.service.health import Health, database_check, redis_check
@@ -187,7 +194,15 @@ class SmartService(Flask):
             realm = os.environ.get("ATLAS_REALM", "local")
             return Settings({}, service=self.service_name, realm=realm, version=0, source="offline")
         # Atlas's values alone (defaults merged by the caller): then we know which keys Atlas set.
-        return load(self.service_name, defaults=None, **options)
+        try:
+            return load(self.service_name, defaults=None, **options)
+        except MissingSettings:
+            raise
+        except ConfigLoadError as exc:
+            raise ConfigLoadError(
+                f"{exc}. (To boot on the config module's defaults alone, without Atlas, "
+                "set ATLAS_OFFLINE=1.)"
+            ) from None
 
     # -------------------------------------------------------------- clients
 
