@@ -138,7 +138,7 @@ class SmartService(Flask):
         )
         if offline is None:
             offline = _truthy(os.environ.get("ATLAS_OFFLINE", ""))
-        self.settings = self._load(defaults, offline, load_options or {})
+        self.settings = self._load(offline, load_options or {})
         self.atlas_keys = frozenset(self.settings) if not offline else frozenset()
         merged = {k: (str(v) if isinstance(v, Secret) else v) for k, v in defaults.items()}
         merged.update(self.settings)
@@ -147,7 +147,6 @@ class SmartService(Flask):
         if missing:
             raise MissingSettings(name, missing, self.settings.source)
         self.config.update(merged)
-        self.config.setdefault("PROPAGATE_EXCEPTIONS", False)
         self.realm: str = self.settings.realm
         logs.set_realm(self.realm)
         logging.getLogger().setLevel(str(self.config.get("LOG_LEVEL", "INFO")).upper())
@@ -187,13 +186,13 @@ class SmartService(Flask):
 
     # ---------------------------------------------------------------- config
 
-    def _load(
-        self, defaults: dict[str, Any], offline: bool, options: Mapping[str, Any]
-    ) -> Settings:
+    def _load(self, offline: bool, options: Mapping[str, Any]) -> Settings:
         if offline:
             realm = os.environ.get("ATLAS_REALM", "local")
             return Settings({}, service=self.service_name, realm=realm, version=0, source="offline")
         # Atlas's values alone (defaults merged by the caller): then we know which keys Atlas set.
+        # ATLAS_REALM, when set, is the realm the process expects: another one is refused.
+        options = {"realm": os.environ.get("ATLAS_REALM") or None, **options}
         try:
             return load(self.service_name, defaults=None, **options)
         except MissingSettings:

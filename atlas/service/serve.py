@@ -67,8 +67,8 @@ def lifecycle_for(app: Any, listeners: Sequence[Any]) -> Lifecycle:
 
     if not isinstance(app, SmartService) or not app.registers():
         return Lifecycle(None)
-    tcp = [lr.sock.getsockname() for lr in listeners if lr.sock.family in (socket.AF_INET,
-                                                                           socket.AF_INET6)]  # fmt: skip
+    inet = (socket.AF_INET, socket.AF_INET6)
+    tcp = [lr.sock.getsockname() for lr in listeners if lr.sock.family in inet]
     if not tcp:
         log.warning("not registering in Atlas: no TCP listener")
         return Lifecycle(None)
