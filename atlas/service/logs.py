@@ -139,7 +139,7 @@ class AccessWriter:
         self._lock = threading.Lock()  # guards the start and the drain, not post()
 
     def post(self, *fields: Any) -> None:
-        """Queue one line: (time, logger, message, service, realm, request_id, extra dict)."""
+        """Queue one line: the arguments of `access_fields` (thread-safe)."""
         if self._pid != os.getpid():
             self._start()
         self._pending.append(fields)
@@ -165,10 +165,11 @@ class AccessWriter:
             lines = []
             pending = self._pending
             while pending:
-                created, logger, message, service, realm, rid, extra = pending.popleft()
+                created, service, realm, *request = pending.popleft()
+                message, fields = access_fields(*request)
                 doc = {
-                    "level": "INFO", "logger": logger, "message": message, "service": service,
-                    "realm": realm, "request_id": rid, **extra,
+                    "level": "INFO", "logger": ACCESS_LOGGER, "message": message,
+                    "service": service, "realm": realm, **fields,
                     "time": datetime.fromtimestamp(created, tz=UTC).isoformat(),
                 }  # fmt: skip
                 lines.append(json.dumps(doc, default=str))
@@ -176,6 +177,18 @@ class AccessWriter:
                 self.handler.write_line("\n".join(lines))
             except Exception:
                 self.errors += 1
+
+
+def access_fields(
+    rid: str, method: str, path: str, query: str | None, status: int, ms: float,
+    remote: str | None, length: int | None,
+) -> tuple[str, dict[str, Any]]:  # fmt: skip
+    """The message and fields of one access-log line."""
+    message = f"{method} {path}?{query} {status}" if query else f"{method} {path} {status}"
+    return message, {
+        "request_id": rid, "method": method, "path": path, "status": status,
+        "duration_ms": round(ms, 3), "remote_addr": remote, "bytes": length,
+    }  # fmt: skip
 
 
 _writers: dict[int, AccessWriter] = {}
