@@ -17,12 +17,12 @@ from atlas.client.config import (
     DEFAULT_URL,
     ConfigLoadError,
     MissingSettings,
-    Settings,
+    ServiceSettings,
     defaults_of,
     load,
 )
+from atlas.contract import check_service_name
 from atlas.service import logs
-from atlas.service._names import check_service_name
 from atlas.service.health import Health, database_check, redis_check
 from atlas.service.problems import ProblemApi, is_unexpected, problem_response
 from atlas.service.reporting import Reporter, make_reporter
@@ -186,10 +186,12 @@ class SmartService(Flask):
 
     # ---------------------------------------------------------------- config
 
-    def _load(self, offline: bool, options: Mapping[str, Any]) -> Settings:
+    def _load(self, offline: bool, options: Mapping[str, Any]) -> ServiceSettings:
         if offline:
             realm = os.environ.get("ATLAS_REALM", "local")
-            return Settings({}, service=self.service_name, realm=realm, version=0, source="offline")
+            return ServiceSettings(
+                {}, service=self.service_name, realm=realm, version=0, source="offline"
+            )
         # Atlas's values alone (defaults merged by the caller): then we know which keys Atlas set.
         # ATLAS_REALM, when set, is the realm the process expects: another one is refused.
         options = {"realm": os.environ.get("ATLAS_REALM") or None, **options}

@@ -15,15 +15,12 @@ from typing import Any
 
 import requests
 
+from atlas.contract import instance_id
+
 log = logging.getLogger(__name__)
 
 DEFAULT_DRAIN_S = 10.0
 DEFAULT_TIMEOUT_S = 2.0
-
-
-def instance_id(host: str, port: int) -> str:
-    """`host:port`, IPv6 hosts in brackets (Atlas's instance id)."""
-    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
 class Registration:

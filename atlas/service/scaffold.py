@@ -28,14 +28,19 @@ import click
 import requests
 
 from atlas.client.config import DEFAULT_URL
+from atlas.contract import check_service_name
 from atlas.errors import ValidationFailed
-from atlas.service._names import check_service_name, python_package
 
 DIST_NAME = "atlas-registry"
 
 
 class ScaffoldError(click.ClickException):
     """A step failed in a way the user must act on (exit 1, message on stderr)."""
+
+
+def python_package(service: str) -> str:
+    """The Python package name of a service (`my-svc` → `my_svc`)."""
+    return service.replace("-", "_")
 
 
 # ------------------------------------------------------------------ the wheel

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from atlas.service.registration import Lifecycle, Registration, instance_id
+from atlas.contract import instance_id
+from atlas.service.registration import Lifecycle, Registration
 
 
 class Scripted(Registration):
