@@ -205,9 +205,8 @@ def test_every_option_of_every_command_has_help() -> None:
     for name, command in cli.commands.items():
         assert command.help, name
         for param in command.params:
-            if isinstance(
-                param, click.Argument
-            ):  # click arguments have no help: the command's names it
+            # A click argument has no help of its own: its command's help names it.
+            if isinstance(param, click.Argument):
                 assert param.human_readable_name in command.help, (name, param.name)
                 continue
             assert isinstance(param, click.Option) and param.help, (name, param.name)
