@@ -5,7 +5,7 @@ COPY pyproject.toml README.md ./
 COPY atlas ./atlas
 COPY openapi.yaml ./openapi.yaml
 RUN rm -f atlas/openapi.yaml && cp openapi.yaml atlas/openapi.yaml \
- && pip wheel --no-cache-dir --wheel-dir /wheels .
+ && pip wheel --no-cache-dir --wheel-dir /wheels '.[server]'
 
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -16,7 +16,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     ATLAS_THREADS=4
 RUN groupadd --system atlas && useradd --system --gid atlas --home-dir /app atlas
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+RUN pip install --no-cache-dir --no-index --find-links /wheels 'atlas-registry[server]' && rm -rf /wheels
 WORKDIR /app
 COPY migrations ./migrations
 USER atlas

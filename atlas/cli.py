@@ -1,4 +1,4 @@
-"""The `atlas` command (click): migrate, serve, dev, reconcile, settings.
+"""The `atlas` command (click): migrate, serve, dev, reconcile, settings, new-service.
 
 Another module adds a command with one line: `cli.add_command(my_command)`.
 """
@@ -18,6 +18,7 @@ from atlas import __version__
 from atlas.admin.cli import COMMANDS as ADMIN_COMMANDS
 from atlas.config import SETTINGS_CLASSES, ConfigError, ServeSettings, Settings
 from atlas.logs import configure
+from atlas.service.scaffold import new_service
 
 
 class AtlasGroup(click.Group):
@@ -151,6 +152,7 @@ def show_settings() -> None:
 
 for _admin_command in ADMIN_COMMANDS:
     cli.add_command(_admin_command)
+cli.add_command(new_service)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
