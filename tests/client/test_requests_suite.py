@@ -7,6 +7,11 @@ by side, in child pytests on loopback only (see
 ``requests_suite/atlas_requests_suite.py``): once as is, once with
 ``sys.modules["requests"] = atlas.client``. Tests that need the internet fail
 in both runs, so the runs are compared as sets of passing tests, not counted.
+
+The child pytests run in a virtual environment of their own (made once per
+requests version, cached beside the sdist) with requests' test dependencies:
+pytest-httpbin's httpbin pins greenlet<3, which the project's own dev tools
+(Playwright) cannot live with. atlas.client is imported from this checkout.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import venv
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,18 +97,54 @@ def _requests_suite() -> Path:
     return unpacked
 
 
+#: What requests' suite needs besides requests itself (its requirements-dev, loopback part).
+SUITE_DEPS = ("pytest>=8,<10", "pytest-timeout>=2.3,<3", "pytest-httpbin>=2.1,<3", "trustme")
+
+
+def _suite_python() -> Path:
+    """A cached venv with the installed requests, urllib3 and requests' test deps."""
+    pins = [
+        f"{dist}=={importlib.metadata.version(dist)}"
+        for dist in ("requests", "urllib3", "idna", "charset-normalizer", "certifi")
+    ]
+    key = "-".join(p.replace("==", "") for p in pins[:2])
+    env_dir = _cache_dir() / f"suite-venv-{key}"
+    python = env_dir / "bin" / "python"
+    stamp = env_dir / ".complete"
+    if stamp.exists():
+        return python
+    shutil.rmtree(env_dir, ignore_errors=True)
+    uv = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
+    if uv:
+        steps = [
+            [uv, "venv", "-q", "--python", sys.executable, str(env_dir)],
+            [uv, "pip", "install", "-q", "--python", str(python), *pins, *SUITE_DEPS],
+        ]
+    else:
+        venv.create(env_dir, with_pip=True)
+        steps = [[str(python), "-m", "pip", "install", "-q", *pins, *SUITE_DEPS]]
+    for step in steps:
+        done = subprocess.run(step, capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            pytest.fail(f"could not build the suite's venv ({step[:3]}):\n{done.stderr[-3000:]}")
+    stamp.touch()
+    return python
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
     """requests' suite run with requests and with atlas.client, at the same time."""
     suite = _requests_suite()
+    python = _suite_python()
     out = tmp_path_factory.mktemp("requests-suite")
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PLUGIN_DIR), env.get("PYTHONPATH")]))
+    path = [str(PLUGIN_DIR), str(ROOT), env.get("PYTHONPATH")]
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, path))
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     children = {}
     for name, flags in {"requests": [], "atlas.client": ["--atlas-substitute"]}.items():
         log = (out / f"{name}.log").open("w")
-        command = [sys.executable, "-m", "pytest", "-p", "atlas_requests_suite", *flags]
+        command = [str(python), "-m", "pytest", "-p", "atlas_requests_suite", *flags]
         command += ["-p", "no:cacheprovider", "-c", os.devnull, "--rootdir", str(suite)]
         command += ["--timeout=60", "-q", f"--atlas-results={out / name}.json", SUITE]
         child = subprocess.Popen(command, cwd=suite, env=env, stdout=log, stderr=subprocess.STDOUT)
