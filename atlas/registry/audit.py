@@ -8,16 +8,19 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
-from atlas.errors import ValidationFailed
+from atlas.registry.models import AuditModel
 from atlas.registry.records import AuditRecord, Page
-from atlas.registry.service import Registry, _store, decode_cursor, encode_cursor
+from atlas.registry.service import Registry
+from atlas.registry.store import CursorKey, paginate
 
 log = logging.getLogger(__name__)
 
 NO_SERVICE = "-"
 BATCH = 25
+AUDIT_CURSOR = CursorKey(("service", "sk"))
 
 
 class AuditLog:
@@ -50,7 +53,7 @@ class AuditLog:
         """Queue one record (never raises; a full queue drops it with an error log)."""
         rec = AuditRecord(
             id=uuid.uuid4().hex,
-            at=self.registry._now(),
+            at=self.registry.now(),
             service=service,
             principal=principal,
             token_id=token_id,
@@ -168,7 +171,7 @@ class AuditLog:
             self._thread.join(timeout=5)
 
     @staticmethod
-    def _record(m: Any) -> AuditRecord:
+    def _record(m: AuditModel) -> AuditRecord:
         return AuditRecord(
             id=m.id,
             at=m.at,
@@ -186,35 +189,18 @@ class AuditLog:
     def list(self, service: str | None, limit: int, cursor: str | None = None) -> Page:
         """One page of records: of one service newest first, or of all in table order."""
         model = self.models.Audit
-        start = decode_cursor(cursor, ("service", "sk")) if cursor else None
-        if start is not None and service is not None and start["service"]["S"] != service:
-            raise ValidationFailed(
-                "cursor belongs to another listing", {"cursor": ["Not a cursor of this listing."]}
-            )
-        with _store("listing the audit trail"):
-            if service is not None:
-                items = list(
-                    model.query(
-                        service,
-                        scan_index_forward=False,
-                        limit=limit + 1,
-                        page_size=limit + 1,
-                        last_evaluated_key=start,
-                        consistent_read=True,
-                    )
-                )
-            else:
-                items = list(
-                    model.scan(
-                        limit=limit + 1,
-                        page_size=limit + 1,
-                        last_evaluated_key=start,
-                        consistent_read=True,
-                    )
-                )
-        next_cursor = None
-        if len(items) > limit:
-            items = items[:limit]
-            last = items[-1]
-            next_cursor = encode_cursor({"service": {"S": last.service}, "sk": {"S": last.sk}})
-        return Page([self._record(m) for m in items], next_cursor)
+        start = AUDIT_CURSOR.decode(cursor, **({} if service is None else {"service": service}))
+
+        def fetch(**page: Any) -> Iterable[AuditModel]:
+            if service is None:
+                return model.scan(consistent_read=True, **page)
+            return model.query(service, scan_index_forward=False, consistent_read=True, **page)
+
+        return paginate(
+            fetch,
+            limit=limit,
+            start=start,
+            key=AUDIT_CURSOR,
+            convert=self._record,
+            action="listing the audit trail",
+        )
