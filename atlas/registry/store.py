@@ -39,7 +39,8 @@ from tenacity import (
     Retrying,
     retry_if_exception_type,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from atlas.errors import Conflict, Unavailable, ValidationFailed
@@ -320,12 +321,18 @@ class Transaction:
 class ScanPolicy:
     """How full-table scans read: bounded pages, each retried where it stopped, in segments.
 
-    `segments` > 1 reads that many DynamoDB parallel-scan segments at once (one thread each);
-    a page that fails is retried `attempts` times with jittered exponential backoff from
-    `first_backoff_s` up to `max_backoff_s`, starting again at the key where it stopped.
+    A page asks for at most `page_size` items (DynamoDB also stops at 1 MB). A page that fails
+    (a read timeout on a busy store, throttling) is retried up to `attempts` times from the
+    key where it stopped, with jittered exponential backoff from `first_backoff_s` up to
+    `max_backoff_s`, each time asking for half as many items (down to `min_page_size`), so a
+    page too slow to answer in time still gets through; successful pages grow back.
+    `segments` > 1 reads that many DynamoDB parallel-scan segments at once (one thread each):
+    worth it on DynamoDB proper for a large realm, not on moto (it serves one request at a
+    time and hashes every item of the table for every segment's page).
     """
 
     page_size: int = 500
+    min_page_size: int = 25
     segments: int = 1
     attempts: int = 8
     first_backoff_s: float = 0.2
@@ -441,37 +448,47 @@ class Store:
 
     def _segment(self, model: type[M], segment: int | None, action: str) -> Iterator[list[M]]:
         """The pages of one segment (or of the whole table when `segment` is None)."""
-        total = self.scan_policy.segments if segment is not None else None
+        policy = self.scan_policy
+        total = policy.segments if segment is not None else None
         start: dict[str, Any] | None = None
+        size = policy.page_size
         while True:
-            items, start = self._page(model, start, segment, total, action)
+            items, start, size = self._page(model, start, size, segment, total, action)
             yield items
             if start is None:
                 return
+            size = min(policy.page_size, size * 2)
 
     def _page(
         self,
         model: type[M],
         start: dict[str, Any] | None,
+        size: int,
         segment: int | None,
         total: int | None,
         action: str,
-    ) -> tuple[list[M], dict[str, Any] | None]:
+    ) -> tuple[list[M], dict[str, Any] | None, int]:
+        """One page from `start` (items, the key to go on from, the page size that worked)."""
         policy = self.scan_policy
+        asked = [size]
 
         def failed(state: RetryCallState) -> None:
             self._count("scan_page_retries")
             exc = state.outcome.exception() if state.outcome else None
+            asked[0] = max(policy.min_page_size, asked[0] // 2)
             log.warning(
-                "a scan page failed while %s (%s, attempt %d); retrying from where it stopped",
+                "a scan page failed while %s (%s, attempt %d); retrying where it stopped, "
+                "%d items a page",
                 action,
                 exc.__class__.__name__,
                 state.attempt_number,
+                asked[0],
             )
 
         retrying = Retrying(
             stop=stop_after_attempt(policy.attempts),
-            wait=wait_exponential_jitter(initial=policy.first_backoff_s, max=policy.max_backoff_s),
+            wait=wait_exponential(multiplier=policy.first_backoff_s, max=policy.max_backoff_s)
+            + wait_random(0, policy.first_backoff_s),
             retry=retry_if_exception_type(PynamoDBException),
             sleep=self._sleep,
             before_sleep=failed,
@@ -483,14 +500,14 @@ class Store:
                     pages = model.scan(
                         segment=segment,
                         total_segments=total,
-                        page_size=policy.page_size,
+                        page_size=asked[0],
                         last_evaluated_key=start,
                         consistent_read=True,
                     ).page_iter
                     raw = next(pages)
         self._count("scan_pages")
         items = [model.from_raw_data(data) for data in raw.get("Items", [])]
-        return items, pages.last_evaluated_key
+        return items, pages.last_evaluated_key, asked[0]
 
     def _parallel(self, model: type[M], action: str) -> Iterator[M]:
         segments = self.scan_policy.segments
