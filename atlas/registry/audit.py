@@ -21,6 +21,11 @@ log = logging.getLogger(__name__)
 NO_SERVICE = "-"
 BATCH = 25
 AUDIT_CURSOR = CursorKey(("service", "sk"))
+# An AuditRecord's fields stored as they are (`service` and the sort key are derived).
+STORED_FIELDS = (
+    "id", "at", "principal", "token_id", "action", "method", "path", "target", "status",
+    "remote_addr",
+)  # fmt: skip
 
 
 class AuditLog:
@@ -122,22 +127,8 @@ class AuditLog:
         model = self.models.Audit
         with self._write_lock, model.batch_write() as writer:
             for r in batch:
-                writer.save(
-                    model(
-                        r.service or NO_SERVICE,
-                        f"{r.at}#{r.id}",
-                        id=r.id,
-                        at=r.at,
-                        principal=r.principal,
-                        token_id=r.token_id,
-                        action=r.action,
-                        method=r.method,
-                        path=r.path,
-                        target=r.target,
-                        status=r.status,
-                        remote_addr=r.remote_addr,
-                    )
-                )
+                fields = {name: getattr(r, name) for name in STORED_FIELDS}
+                writer.save(model(r.service or NO_SERVICE, f"{r.at}#{r.id}", **fields))
 
     def _lost(self, batch: list[AuditRecord]) -> None:
         self.failed += len(batch)
@@ -172,19 +163,9 @@ class AuditLog:
 
     @staticmethod
     def _record(m: AuditModel) -> AuditRecord:
-        return AuditRecord(
-            id=m.id,
-            at=m.at,
-            service=None if m.service == NO_SERVICE else m.service,
-            principal=m.principal,
-            token_id=m.token_id,
-            action=m.action,
-            method=m.method,
-            path=m.path,
-            target=m.target,
-            status=int(m.status),
-            remote_addr=m.remote_addr,
-        )
+        fields: dict[str, Any] = {name: getattr(m, name) for name in STORED_FIELDS}
+        fields["status"] = int(fields["status"])
+        return AuditRecord(service=None if m.service == NO_SERVICE else m.service, **fields)
 
     def list(self, service: str | None, limit: int, cursor: str | None = None) -> Page:
         """One page of records: of one service newest first, or of all in table order."""

@@ -261,7 +261,7 @@ class ConfigStore:
                         "service",
                         svc(service),
                         [svc.config_version.add(1)],
-                        condition=svc.name.exists() & (svc.deleting == False),  # noqa: E712
+                        condition=svc.live(),
                     )
             except TransactionCanceled as canceled:
                 if canceled.failed("service"):

@@ -23,6 +23,7 @@ from pynamodb.attributes import (
     UnicodeAttribute,
 )
 from pynamodb.connection import Connection
+from pynamodb.expressions.condition import Condition
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
 from pynamodb.models import Model
 
@@ -61,6 +62,11 @@ class ServiceModel(Model):
     updated_at = UnicodeAttribute()
     version = NumberAttribute()
 
+    @classmethod
+    def live(cls) -> Condition:
+        """The condition that the service exists and no DELETE has marked it."""
+        return cls.name.exists() & (cls.deleting == False)  # noqa: E712
+
 
 class HostIndex(GlobalSecondaryIndex["InstanceModel"]):
     """Instances by host, across services (eventually consistent)."""
@@ -91,12 +97,9 @@ class InstanceModel(Model):
     by_host = HostIndex()
 
 
-class ConfigModel(Model):
-    """The current version of each config key (a delete leaves a tombstone: `deleted`)."""
+class _ConfigVersion(Model):
+    """What the current entry of a config key and each of its versions both hold."""
 
-    service = UnicodeAttribute(hash_key=True)
-    key = UnicodeAttribute(range_key=True)
-    version = NumberAttribute()
     secret = BooleanAttribute(default=False)
     deleted = BooleanAttribute(default=False)
     value = UnicodeAttribute(null=True)  # JSON text of a plain value; never set for secrets
@@ -106,20 +109,21 @@ class ConfigModel(Model):
     updated_by = UnicodeAttribute(default="")
 
 
-class ConfigHistoryModel(Model):
+class ConfigModel(_ConfigVersion):
+    """The current version of each config key (a delete leaves a tombstone: `deleted`)."""
+
+    service = UnicodeAttribute(hash_key=True)
+    key = UnicodeAttribute(range_key=True)
+    version = NumberAttribute()
+
+
+class ConfigHistoryModel(_ConfigVersion):
     """Every version of every key; `entry` is `<service>/<key>`."""
 
     entry = UnicodeAttribute(hash_key=True)
     version = NumberAttribute(range_key=True)
     service = UnicodeAttribute()
     key = UnicodeAttribute()
-    secret = BooleanAttribute(default=False)
-    deleted = BooleanAttribute(default=False)
-    value = UnicodeAttribute(null=True)
-    sealed = UnicodeAttribute(null=True)
-    created_at = UnicodeAttribute()
-    updated_at = UnicodeAttribute()
-    updated_by = UnicodeAttribute(default="")
 
 
 class TokenServiceIndex(GlobalSecondaryIndex["TokenModel"]):

@@ -212,7 +212,7 @@ class Registry:
             else:
                 actions.append(attr.set(value))
         actions += [model.updated_at.set(self.now()), model.version.add(1)]
-        condition = model.name.exists() & (model.deleting == False)  # noqa: E712
+        condition = model.live()
         if if_match is not None:
             condition &= model.version == if_match
         for _ in race_retries(f"service {name!r}"):
@@ -410,7 +410,7 @@ class Registry:
                         "service",
                         svc,
                         service,
-                        condition=svc.name.exists() & (svc.deleting == False),  # noqa: E712
+                        condition=svc.live(),
                     )
                     tx.save("instance", m, condition=unchanged)
             except TransactionCanceled as canceled:

@@ -133,8 +133,16 @@ def operation(action: str) -> Iterator[None]:
         ) from exc
 
 
-def _condition_failed(exc: PynamoDBException) -> bool:
-    return exc.cause_response_code == "ConditionalCheckFailedException"
+@contextmanager
+def _conditional(action: str) -> Iterator[None]:
+    """A single-item conditional write: a failed condition is ConditionFailed, else operation()."""
+    with operation(action):
+        try:
+            yield
+        except PynamoDBException as exc:
+            if exc.cause_response_code == "ConditionalCheckFailedException":
+                raise ConditionFailed(action) from None
+            raise
 
 
 def race_retries(what: str, tries: int = MAX_RACE_RETRIES) -> Iterator[int]:
@@ -386,13 +394,8 @@ class Store:
 
     def put(self, item: Model, *, action: str, condition: Condition | None = None) -> None:
         """Put the whole item if `condition` holds; ConditionFailed otherwise."""
-        with operation(action):
-            try:
-                item.save(condition=condition)
-            except PynamoDBException as exc:
-                if _condition_failed(exc):
-                    raise ConditionFailed(action) from None
-                raise
+        with _conditional(action):
+            item.save(condition=condition)
 
     def update(
         self,
@@ -404,24 +407,14 @@ class Store:
     ) -> M:
         """Apply `actions` to the item with `item`'s key if `condition` holds; `item` becomes
         the stored item. ConditionFailed otherwise."""
-        with operation(action):
-            try:
-                item.update(actions=actions, condition=condition)
-            except PynamoDBException as exc:
-                if _condition_failed(exc):
-                    raise ConditionFailed(action) from None
-                raise
+        with _conditional(action):
+            item.update(actions=actions, condition=condition)
         return item
 
     def delete(self, item: Model, *, action: str, condition: Condition | None = None) -> None:
         """Delete the item with `item`'s key if `condition` holds; ConditionFailed otherwise."""
-        with operation(action):
-            try:
-                item.delete(condition=condition)
-            except PynamoDBException as exc:
-                if _condition_failed(exc):
-                    raise ConditionFailed(action) from None
-                raise
+        with _conditional(action):
+            item.delete(condition=condition)
 
     @contextmanager
     def transaction(self, action: str) -> Iterator[Transaction]:

@@ -79,7 +79,7 @@ class TokenStore:
                     "service",
                     svc,
                     service,
-                    condition=svc.name.exists() & (svc.deleting == False),  # noqa: E712
+                    condition=svc.live(),
                 )
                 tx.save("token", m, condition=self.models.Token.token_hash.does_not_exist())
         except TransactionCanceled as canceled:
