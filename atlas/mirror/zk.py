@@ -67,9 +67,6 @@ class Source(Protocol):
     def scan_services(self) -> list[Service]:
         """Every service."""
 
-    def scan_instances(self) -> dict[str, list[Instance]]:
-        """Every instance, by service."""
-
     def iter_instances(self) -> Iterator[Instance]:
         """Every instance, streamed in scan order."""
 

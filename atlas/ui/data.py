@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from atlas.api.auth import ADMIN, CONFIG, Principal
 from atlas.api.resources import dump_instance, dump_service
 from atlas.errors import Forbidden
+from atlas.registry.records import Instance
 
 if TYPE_CHECKING:
     from atlas.app import AtlasExtension
@@ -45,7 +46,9 @@ def counts(instances: Iterable[Mapping[str, Any]]) -> dict[str, int]:
 
 def services_overview(ext: AtlasExtension) -> list[dict[str, Any]]:
     """Every service with its instance counts (one scan of the instances, not one query each)."""
-    by_service = ext.registry.scan_instances()
+    by_service: dict[str, list[Instance]] = {}
+    for inst in ext.registry.iter_instances():
+        by_service.setdefault(inst.service, []).append(inst)
     rows = []
     for svc in _all_services(ext):
         row = dump_service(svc)
