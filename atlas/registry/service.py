@@ -146,17 +146,19 @@ class Registry:
 
     def _instance_changed(
         self, service: str, iid: str, record: Instance | None, prepared: Any
-    ) -> None:
-        self._mirror(
+    ) -> int | None:
+        return self._mirror(
             "instance_changed", self.mirror.instance_changed, service, iid, record, prepared
         )
 
-    def _mirror(self, action: str, fn: Callable[..., None], *args: Any) -> None:
+    def _mirror(self, action: str, fn: Callable[..., int | None], *args: Any) -> int | None:
         # DynamoDB already has the write; a mirror failure is repaired by the reconciler.
+        # Returns the zxid that published the change (None: not mirrored now).
         try:
-            fn(*args)
+            return fn(*args)
         except Exception:
             log.exception("mirror %s failed; the reconciler will repair it", action)
+            return None
 
     # ---------------------------------------------------------------- services
 
