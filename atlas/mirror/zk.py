@@ -69,6 +69,7 @@ CONFLICTS = (BadVersionError, NodeExistsError, NoNodeError, NotEmptyError)
 ZK_ERRORS = (KazooException, ZookeeperError, KazooTimeoutError, TimeoutError, OSError)
 PROBE_AFTER_S = 0.5  # disconnected this long: ask a fresh client whether the server is up
 PROBE_EVERY_S = 1.0
+CONTENDED_S = 1.0  # after losing a multi to another process, read before committing this long
 
 
 def _iso(ts: float) -> str:
@@ -110,11 +111,15 @@ def make_client(hosts: str, timeout: float) -> KazooClient:
 
 @dataclass(frozen=True)
 class Prepared:
-    """What `prepare_instance` read before the DynamoDB write: on which client, and the
-    service's guard version."""
+    """What `prepare_instance` read before the DynamoDB write, in one round trip: on which
+    client, the service's guard (data, version), its service node (data, version, children)
+    and the instance node (data, version; None when absent)."""
 
     client: KazooClient
     guard_version: int
+    guard_data: bytes
+    parent: tuple[bytes, int, int]
+    node: tuple[bytes, int] | None
 
 
 @dataclass(frozen=True)
@@ -138,7 +143,7 @@ class _Posted:
 
     service: str
     change: Change
-    client: KazooClient
+    prepared: Prepared
     reply: Future[tuple[_Outcome, int | None]] = field(default_factory=Future)
     conflicts: int = 0
 
@@ -179,6 +184,10 @@ class ZkMirror:
         self._client: KazooClient = client_factory(hosts, timeout)
         self._listener = self._listen_to(self._client)
         self._pending: dict[str, list[_Posted]] = {}
+        # service -> (client, guard version) of our last group commit to it
+        self._guard_seen: dict[str, tuple[KazooClient, int]] = {}
+        # service -> until when other writers' commits make our pre-reads a poor bet
+        self._contended: dict[str, float] = {}
         # service -> generation of its latest failed mirror write; a sync clears a mark only
         # if no newer failure re-marked it meanwhile.
         self._dirty: dict[str, int] = {}
@@ -491,16 +500,38 @@ class ZkMirror:
         return self._sync_or_defer(name)
 
     def prepare_instance(self, service: str, iid: str) -> Prepared | None:
-        """Read the service's guard version before the DynamoDB write (None: the service must
-        be synced whole, or ZooKeeper is not there). Thread-safe: reads only."""
+        """Read the service's guard, its node and the instance node before the DynamoDB
+        write (None: the service must be synced whole, or ZooKeeper is not there).
+
+        Thread-safe: reads only, pipelined in one round trip, guard first.
+        """
         client = self._client
         if client.state != KazooState.CONNECTED:
             return None
         try:
-            stat = client.exists_async(self.layout.guard(service)).get(timeout=self.timeout)
+            # The guard first: one session's requests are served in order, so any commit that
+            # lands after this read moves the guard, whatever it did to the nodes read after.
+            guard = client.get_async(self.layout.guard(service))
+            parent = client.get_async(self.layout.service(service))
+            node = client.get_async(self.layout.instance(service, iid))
+            guard_data, guard_stat = guard.get(timeout=self.timeout)
+            parent_data, parent_stat = parent.get(timeout=self.timeout)
+            try:
+                node_data, node_stat = node.get(timeout=self.timeout)
+                seen: tuple[bytes, int] | None = (node_data, node_stat.version)
+            except NoNodeError:
+                seen = None
+        except NoNodeError:
+            return None  # no guard or no service node: the whole service must be (re)built
         except ZK_ERRORS:
             return None
-        return Prepared(client, stat.version) if stat is not None else None
+        return Prepared(
+            client,
+            guard_stat.version,
+            guard_data,
+            (parent_data, parent_stat.version, parent_stat.numChildren),
+            seen,
+        )
 
     def instance_changed(
         self, service: str, iid: str, record: Instance | None, prepared: Any
@@ -517,8 +548,9 @@ class ZkMirror:
         for _ in range(MAX_CAS_RETRIES):
             if not isinstance(prepared, Prepared):
                 return self._sync_or_defer(service)
-            outcome, zxid = self._submit(service, Change(iid, record, prepared.guard_version),
-                                         prepared.client)  # fmt: skip
+            outcome, zxid = self._submit(
+                service, Change(iid, record, prepared.guard_version), prepared
+            )
             if outcome is _Outcome.COMMITTED:
                 return zxid
             if outcome is _Outcome.DEFERRED:
@@ -538,12 +570,12 @@ class ZkMirror:
         return None
 
     def _submit(
-        self, service: str, change: Change, client: KazooClient
+        self, service: str, change: Change, prepared: Prepared
     ) -> tuple[_Outcome, int | None]:
         if not self._owner_running():
             self._defer(service, "the mirror is not running")
             return _Outcome.DEFERRED, None
-        posted = _Posted(service, change, client)
+        posted = _Posted(service, change, prepared)
         self._tasks.put(posted)
         try:
             return posted.reply.result(timeout=2 * self.timeout + 1)
@@ -558,7 +590,7 @@ class ZkMirror:
         live: dict[str, list[_Posted]] = {}
         for service, posted in batches.items():
             for p in posted:
-                if p.client is not client:
+                if p.prepared.client is not client:
                     _reply(p, _Outcome.STALE)  # read on another session: read again
                 else:
                     live.setdefault(service, []).append(p)
@@ -568,13 +600,13 @@ class ZkMirror:
             for service, posted in live.items():
                 self._defer_posted(service, posted, None)
             return
-        reads = {
-            service: self._read_batch(client, service, posted) for service, posted in live.items()
+        views = {
+            service: self._batch_view(client, service, posted) for service, posted in live.items()
         }
         commits = []
         for service, posted in live.items():
             try:
-                guard, parent, nodes = _collect(reads[service], self.timeout)
+                guard, parent, nodes = _collect(views[service][0], self.timeout)
             except ZK_ERRORS as exc:
                 self._defer_posted(service, posted, exc)
                 continue
@@ -594,8 +626,10 @@ class ZkMirror:
             try:
                 results = _checked(result.get(timeout=self.timeout))
             except MirrorConflict:
-                # A commit landed between our read and our multi: read again, plan again.
+                # A commit landed between our view and our multi: read again, plan again.
                 self._counters["cas_retries"] += 1
+                if views[service][1]:  # others write this service too: read first a while
+                    self._contended[service] = time.monotonic() + CONTENDED_S
                 for p in committed:
                     p.conflicts += 1
                     if p.conflicts >= MAX_CAS_RETRIES:
@@ -606,25 +640,50 @@ class ZkMirror:
             except ZK_ERRORS as exc:
                 self._defer_posted(service, committed, exc)
                 continue
-            zxid = int(results[-1].mzxid)
+            guard_stat = results[-1]
+            self._guard_seen[service] = (client, int(guard_stat.version))
             self._counters["group_commits"] += 1
             self._counters["grouped_changes"] += len(committed)
             self._counters["syncs"] += len(committed)
             for p in committed:
-                _reply(p, _Outcome.COMMITTED, zxid)
+                _reply(p, _Outcome.COMMITTED, int(guard_stat.mzxid))
 
     def _defer_posted(self, service: str, posted: Iterable[_Posted], reason: object) -> None:
         self._mark_dirty(service, reason)
         for p in posted:
             _reply(p, _Outcome.DEFERRED)
 
-    def _read_batch(self, client: KazooClient, service: str, posted: Sequence[_Posted]) -> Any:
+    def _batch_view(
+        self, client: KazooClient, service: str, posted: Sequence[_Posted]
+    ) -> tuple[Any, bool]:
+        """What the batch is planned against, and whether it is the writers' own pre-reads.
+
+        The pre-reads (no extra round trip) when nothing is known to have moved since the
+        freshest of them: no retry yet, our last commit to the service is not newer, and no
+        other process lost us a multi on it lately. Else a fresh read, pipelined (`_collect`
+        waits for it). A stale view costs one failed multi: the guard's CAS catches it.
+        """
+        freshest = max(posted, key=lambda p: p.prepared.guard_version).prepared
+        seen = self._guard_seen.get(service)
+        moved = seen is not None and seen[0] is client and seen[1] > freshest.guard_version
+        contended = self._contended.get(service, 0.0) > time.monotonic()
+        if not contended:
+            self._contended.pop(service, None)
+        if not moved and not contended and all(p.conflicts == 0 for p in posted):
+            nodes: dict[str, tuple[bytes, int]] = {}
+            for p in sorted(posted, key=lambda p: p.prepared.guard_version):
+                path = self.layout.instance(service, p.change.iid)
+                if p.prepared.node is not None:
+                    nodes[path] = p.prepared.node
+                else:
+                    nodes.pop(path, None)
+            return ((freshest.guard_data, freshest.guard_version), freshest.parent, nodes), True
         # The guard first: one session's requests are served in order, so any commit that
         # lands after this read fails our CAS, whatever it did to the nodes read after it.
         guard = client.get_async(self.layout.guard(service))
         parent = client.get_async(self.layout.service(service))
         paths = {self.layout.instance(service, p.change.iid) for p in posted}
-        return guard, parent, {path: client.get_async(path) for path in sorted(paths)}
+        return (guard, parent, {path: client.get_async(path) for path in sorted(paths)}), False
 
     # -------------------------------------------------------------- syncing
 
@@ -943,9 +1002,12 @@ def _reply(posted: _Posted, outcome: _Outcome, zxid: int | None = None) -> None:
 
 
 def _collect(
-    reads: Any, timeout: float
+    view: Any, timeout: float
 ) -> tuple[tuple[bytes, int] | None, tuple[bytes, int, int] | None, dict[str, tuple[bytes, int]]]:
-    guard_read, parent_read, node_reads = reads
+    """A batch view as (guard, parent, nodes): as given, or waited for when it was read."""
+    guard_read, parent_read, node_reads = view
+    if isinstance(guard_read, tuple):
+        return view
     guard: tuple[bytes, int] | None = None
     parent: tuple[bytes, int, int] | None = None
     nodes: dict[str, tuple[bytes, int]] = {}

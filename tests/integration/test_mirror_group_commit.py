@@ -73,11 +73,12 @@ def test_concurrent_writers_of_one_service_share_one_commit_and_learn_its_zxid(
     assert counters["group_commits"] == 1 and counters["stale_retries"] == 0
 
 
-def test_writers_of_different_instances_never_retry_across_processes(
+def test_writers_of_different_instances_commit_without_rereading_across_processes(
     zk_server: ZooKeeperServer, realm: str, mirror_on: MakeMirror
 ) -> None:
     """A and B (two processes) both pre-read the same guard version, for different
-    instances; B commits first. A's instance was not touched, so A commits as it is."""
+    instances; B commits first. A's instance was not touched, so A commits its record as it
+    is, without reading the truth again."""
     truth = ScriptedTruth([svc("s")], [])
     a, b = mirror_on(truth), mirror_on(truth)
     a.put_service(svc("s"))
@@ -94,9 +95,9 @@ def test_writers_of_different_instances_never_retry_across_processes(
     assert all(isinstance(z, int) for z in [*first, za, zb])
     assert za > zb > max(first)  # type: ignore[operator]
     assert tree(zk_server.address, realm) == expected(truth, realm)
-    for m in (a, b):
+    for m in (a, b):  # no truth re-read: at most A's own pre-read lost one multi to B's
         counters = wait_until(lambda m=m: (c := m.counters)["grouped_changes"] >= 1 and c)
-        assert (counters["cas_retries"], counters["stale_retries"]) == (0, 0)
+        assert counters["stale_retries"] == 0 and counters["cas_retries"] <= 1
 
 
 def test_a_writer_overtaken_on_its_instance_rereads_the_truth(
