@@ -437,7 +437,10 @@ class ZkMirror:
             new.start_async()
         elif new.state == KazooState.CONNECTED:
             self._state_changed(new, KazooState.CONNECTED)  # it connected before we listened
-        _close_quietly(old)
+        # Closing joins kazoo's connection thread, which may sit in a connect attempt for a
+        # while: not on the owner thread.
+        threading.Thread(target=_close_quietly, args=(old,), name="atlas-mirror-close",
+                         daemon=True).start()  # fmt: skip
 
     def watchdog_tick(self) -> None:
         """Replace a client that has been unable to connect for `recreate_after` seconds.
@@ -688,9 +691,15 @@ class ZkMirror:
     # -------------------------------------------------------------- syncing
 
     def _ensure_roots(self, client: KazooClient) -> None:
-        client.ensure_path(self.layout.services)
-        client.ensure_path(self.layout.config)
-        client.ensure_path(self.layout.guards)
+        # Every call here is bounded: a request queued on a client that never reconnects
+        # (a wiped server) would otherwise block its thread until the client is closed.
+        roots = (self.layout.services, self.layout.config, self.layout.guards)
+        for result in [client.ensure_path_async(root) for root in roots]:
+            result.get(timeout=self.timeout)
+
+    def _children(self, client: KazooClient, path: str) -> list[str]:
+        result: list[str] = client.get_children_async(path).get(timeout=self.timeout)
+        return result
 
     def _guard_ops(self, name: str, version: int | None) -> list[Op]:
         """Check-and-bump the service's guard (create it the first time), vouching for nothing.
@@ -727,7 +736,7 @@ class ZkMirror:
         # The guard first: anything committed after this read bumps it and fails our CAS.
         seen = self._read(client, [guard])
         try:
-            children = client.get_children_async(svc_path).get(timeout=self.timeout)
+            children = self._children(client, svc_path)
         except NoNodeError:
             children = []
         paths = [svc_path, self.layout.config_stamp(name)]
@@ -782,10 +791,10 @@ class ZkMirror:
         """Every mirrored node grouped by service, and every guard's version."""
         self._ensure_roots(client)  # someone may have deleted the roots: check every time
         # Guards first: a commit after this read fails our CAS instead of being overwritten.
-        guard_paths = {self.layout.guard(n): n for n in client.get_children(self.layout.guards)}
+        guard_paths = {self.layout.guard(n): n for n in self._children(client, self.layout.guards)}
         guards = {guard_paths[p]: v[1] for p, v in self._read(client, guard_paths).items()}
-        names = set(client.get_children(self.layout.services))
-        stamps = set(client.get_children(self.layout.config))
+        names = set(self._children(client, self.layout.services))
+        stamps = set(self._children(client, self.layout.config))
         child_lists = {n: client.get_children_async(self.layout.service(n)) for n in names}
         paths: list[str] = []
         owner: dict[str, str] = {}
@@ -915,8 +924,8 @@ class ZkMirror:
         # Children under an instance node are not ours and block deletes; remove them.
         svc_path = self.layout.service(name)
         try:
-            for child in client.get_children(svc_path):
-                for junk in client.get_children(f"{svc_path}/{child}"):
+            for child in self._children(client, svc_path):
+                for junk in self._children(client, f"{svc_path}/{child}"):
                     client.delete(f"{svc_path}/{child}/{junk}", recursive=True)
         except NoNodeError:
             pass
@@ -975,7 +984,7 @@ class ZkMirror:
         fresh = self.client_factory(self.hosts, self.timeout)
         try:
             fresh.start(timeout=min(self.timeout, 2.0))
-            fresh.exists("/")  # any reply carries the server's last zxid
+            fresh.exists_async("/").get(timeout=self.timeout)  # a reply carries its zxid
         except ZK_ERRORS:
             _close_quietly(fresh)
             return False

@@ -14,6 +14,7 @@ from atlas.mirror.batch import Change, count_op, plan_batch
 from atlas.mirror.guard import MAX_IDS, MAX_VERSIONS, GuardLog
 from atlas.mirror.payloads import desired_tree
 from atlas.registry import HealthCheck, Instance, Service
+from tests.helpers import wait_until
 
 
 def svc(**kw: Any) -> Service:
@@ -111,7 +112,8 @@ def test_watchdog_replaces_a_client_that_cannot_connect() -> None:
     assert len(made) == 1  # under 2 x timeout
     now[0] += 0.2
     m.run_once()
-    assert len(made) == 2 and made[0].closed and made[1].started == 1
+    assert len(made) == 2 and made[1].started == 1
+    wait_until(lambda: made[0].closed, what="the old client closed")
     assert m.counters["client_recreated"] == 1
     assert made[0].listeners == [] and len(made[1].listeners) == 1
     made[1].state = KazooState.CONNECTED
