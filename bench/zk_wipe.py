@@ -14,6 +14,7 @@ import contextlib
 import sys
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -21,10 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import requests
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
+from kazoo.retry import KazooRetry
 
 from bench._stack import ADMIN, start_atlas, start_moto, start_zk
 
 REALM = "wipe"
+FAST_RETRY = KazooRetry(max_tries=-1, delay=0.05, backoff=1.5, max_delay=0.25)
 
 
 def count_nodes(zk: KazooClient) -> int:
@@ -45,40 +48,37 @@ def count_nodes(zk: KazooClient) -> int:
 
 
 class InfoSampler:
-    """Polls /v1/info every 50 ms; remembers when each mirror fact first held."""
+    """Polls /v1/info every 50 ms on a new connection each time, so that it reaches every
+    gunicorn worker (told apart by their start time); remembers when each worker first
+    reported itself connected and leading, and a reconcile that started after `t0`."""
 
-    def __init__(self, base: str, t0: float) -> None:
-        self.base, self.t0 = base, t0
-        self.first: dict[str, float] = {}
+    def __init__(self, base: str, t0: float, t0_wall: float) -> None:
+        self.base, self.t0, self.t0_wall = base, t0, t0_wall
+        self.connected: dict[float, float] = {}  # worker -> first seen connected
+        self.leading: float | None = None
+        self.reconcile: tuple[float, float] | None = None  # (started, took), from t0
         self.stopped = threading.Event()
-        self.session = requests.Session()
-        self.session.headers["Authorization"] = f"Bearer {ADMIN}"
-        self.reconciles: int | None = None
-        self.recreated: int | None = None
-        self.reconcile_s: float | None = None
         self.thread = threading.Thread(target=self.run, daemon=True)
         self.thread.start()
 
     def run(self) -> None:
+        headers = {"Authorization": f"Bearer {ADMIN}", "Connection": "close"}
         while not self.stopped.is_set():
             try:
-                m = self.session.get(f"{self.base}/v1/info", timeout=5).json()["mirror"]
-            except (requests.RequestException, ValueError, KeyError):
+                body = requests.get(f"{self.base}/v1/info", headers=headers, timeout=5).json()
+            except (requests.RequestException, ValueError):
                 continue
             now = time.perf_counter() - self.t0
+            m, worker = body["mirror"], round(time.time() - body["uptime_s"], 0)
             if m.get("connected"):
-                self.first.setdefault("connected", now)
-            if m.get("leader") and m.get("connected"):
-                self.first.setdefault("leader", now)
-            if self.reconciles is None:
-                self.reconciles = m.get("reconciles", 0)
-            elif m.get("reconciles", 0) > self.reconciles and "reconciled" not in self.first:
-                self.first["reconciled"] = now
-                self.reconcile_s = (m.get("last_reconcile") or {}).get("duration_s")
-            if self.recreated is None:
-                self.recreated = m.get("client_recreated", 0)
-            elif m.get("client_recreated", 0) > self.recreated:
-                self.first.setdefault("client recreated", now)
+                self.connected.setdefault(worker, now)
+                if m.get("leader") and self.leading is None:
+                    self.leading = now
+            last = m.get("last_reconcile") or {}
+            if self.reconcile is None and last.get("at"):
+                at = datetime.fromisoformat(last["at"].replace("Z", "+00:00")).timestamp()
+                if at >= self.t0_wall:
+                    self.reconcile = (at - self.t0_wall, float(last["duration_s"]))
             self.stopped.wait(0.05)
 
     def stop(self) -> None:
@@ -121,9 +121,11 @@ def main() -> None:
         zk.kill()
         zk.wipe()
         zk.start(timeout=60)  # returns when the port accepts connections
-        t0 = time.perf_counter()
-        sampler = InfoSampler(atlas.url, t0)
-        watcher = KazooClient(zk.address)
+        t0, t0_wall = time.perf_counter(), time.time()
+        sampler = InfoSampler(atlas.url, t0, t0_wall)
+        # A short session: a first connect attempt on a server that has just opened its port
+        # sometimes gets no answer, and kazoo waits a whole session timeout before retrying.
+        watcher = KazooClient(zk.address, timeout=1.0, connection_retry=FAST_RETRY)
         watcher.start(timeout=30)
         first = all_at = None
         while all_at is None and time.perf_counter() - t0 < 180:
@@ -134,21 +136,24 @@ def main() -> None:
             if n == expected:
                 all_at = now
             time.sleep(0.02)
+        time.sleep(2.0)  # let every worker answer /v1/info after the rebuild
         sampler.stop()
         watcher.stop()
         watcher.close()
-        facts = ", ".join(
-            f"{k} {v:.2f} s" for k, v in sorted(sampler.first.items(), key=lambda kv: kv[1])
-        )
+        facts = ", ".join(f"{v:.2f} s" for v in sorted(sampler.connected.values()))
+        facts = f"workers connected at {facts or '-'}"
+        if sampler.leading is not None:
+            facts += f"; a leader at {sampler.leading:.2f} s"
         print(
             f"round {r + 1}: {expected} nodes; from the empty server accepting connections: "
             f"first node {first if first is None else round(first, 2)} s, "
             f"all nodes {all_at if all_at is None else round(all_at, 2)} s"
         )
-        print(f"         /v1/info: {facts or 'nothing changed'}")
-        if sampler.reconcile_s is not None:
+        print(f"         /v1/info: {facts}")
+        if sampler.reconcile is not None:
+            started, took = sampler.reconcile
             print(
-                f"         the rebuilding reconcile took {sampler.reconcile_s:.2f} s (scan included)"
+                f"         the rebuilding reconcile started at {started:.2f} s, took {took:.2f} s"
             )
 
 

@@ -69,6 +69,7 @@ CONFLICTS = (BadVersionError, NodeExistsError, NoNodeError, NotEmptyError)
 ZK_ERRORS = (KazooException, ZookeeperError, KazooTimeoutError, TimeoutError, OSError)
 PROBE_AFTER_S = 0.5  # disconnected this long: ask a fresh client whether the server is up
 PROBE_EVERY_S = 1.0
+PROBE_START_S = 3.0
 CONTENDED_S = 1.0  # after losing a multi to another process, read before committing this long
 
 
@@ -162,11 +163,13 @@ class ZkMirror:
         client_factory: Callable[[str, float], KazooClient] = make_client,
         clock: Callable[[], float] = time.time,
         recreate_after: float | None = None,
+        probe_factory: Callable[[str], KazooClient] | None = None,
     ) -> None:
         self.hosts = hosts
         self.layout = Layout(realm)
         self.timeout = timeout
         self.client_factory = client_factory
+        self.probe_factory = probe_factory or make_probe_client
         self.clock = clock
         # A server restarted with a wiped data dir refuses a client that has seen a newer zxid,
         # forever; only a fresh client gets in. The repair thread's probe finds that out within
@@ -968,12 +971,12 @@ class ZkMirror:
         return done
 
     def probe(self) -> bool:
-        """While our client cannot connect, ask a fresh one whether the server is up but
-        refuses ours: a server restarted with a wiped data dir refuses, forever, a client
-        that has seen a newer zxid than its own. If so, post the fresh (connected) client to
-        the owner to replace ours, and return True.
+        """While our client cannot connect, ask a throwaway client whether the server is up
+        but refuses ours: a server restarted with a wiped data dir refuses, forever, a client
+        that has seen a newer zxid than its own. If so, have the owner replace our client
+        with a fresh one (which gets in), and return True.
 
-        Thread-safe, but blocking (up to the session timeout): the repair thread calls it.
+        Thread-safe, but blocking (a few seconds at most): the repair thread calls it.
         """
         client = self._client
         since = self._published["disconnected_since"]
@@ -981,28 +984,42 @@ class ZkMirror:
             return False
         if self.clock() - since < PROBE_AFTER_S:
             return False
-        fresh = self.client_factory(self.hosts, self.timeout)
+        # A short session: a connect attempt that gets no answer (seen on a server that has
+        # just opened its port) is retried after a second, not after a whole session timeout.
+        fresh = self.probe_factory(self.hosts)
         try:
-            fresh.start(timeout=min(self.timeout, 2.0))
-            fresh.exists_async("/").get(timeout=self.timeout)  # a reply carries its zxid
+            fresh.start(timeout=PROBE_START_S)
+            fresh.exists_async("/").get(timeout=self.timeout)  # any reply carries its zxid
+            theirs = int(fresh.last_zxid or 0)
         except ZK_ERRORS:
+            return False
+        finally:
             _close_quietly(fresh)
-            return False
-        ours, theirs = int(client.last_zxid or 0), int(fresh.last_zxid or 0)
+        ours = int(client.last_zxid or 0)
         if client.state == KazooState.CONNECTED or ours <= theirs:
-            _close_quietly(fresh)  # ours can get in (or already did): keep its session
-            return False
+            return False  # ours can get in (or already did): keep its session
 
         def swap() -> None:
             if self._client is client and client.state != KazooState.CONNECTED:
                 self._counters["client_refused"] += 1
-                self._replace_client(fresh, f"the server is at zxid {theirs:#x}, behind the "
-                                            f"{ours:#x} our client has seen (wiped?)")  # fmt: skip
-            else:
-                _close_quietly(fresh)
+                self._replace_client(
+                    self.client_factory(self.hosts, self.timeout),
+                    f"the server is at zxid {theirs:#x}, behind the {ours:#x} our client has "
+                    "seen: it refuses that client (a wiped data dir?)",
+                )
 
         self._in_owner(swap)
         return True
+
+
+def make_probe_client(hosts: str) -> KazooClient:
+    """A throwaway kazoo client with a short session, for `ZkMirror.probe`."""
+    return KazooClient(
+        hosts=hosts,
+        timeout=1.0,
+        connection_retry=KazooRetry(max_tries=-1, delay=0.05, backoff=1.5, max_delay=0.25),
+        command_retry=KazooRetry(max_tries=1, delay=0.05),
+    )
 
 
 def _reply(posted: _Posted, outcome: _Outcome, zxid: int | None = None) -> None:
