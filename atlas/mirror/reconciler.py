@@ -83,8 +83,12 @@ class Reconciler:
                 self._stopped.wait(0.1)
                 continue
             client = self.mirror.client
-            lock = client.Lock(self.mirror.layout.election, self.identifier)
-            self._lock, self._lock_client = lock, client
+            lock = self._lock
+            if lock is None or self._lock_client is not client or lock.cancelled:
+                # One contender per client: its predecessor watch is registered once, however
+                # many bounded waits it takes.
+                lock = client.Lock(self.mirror.layout.election, self.identifier)
+                self._lock, self._lock_client = lock, client
             try:
                 if lock.acquire(timeout=self.contend_s):
                     try:

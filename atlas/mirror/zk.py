@@ -434,6 +434,8 @@ class ZkMirror:
         old.remove_listener(self._listener)
         self._client = new
         self._listener = self._listen_to(new)
+        self._guard_seen.clear()
+        self._contended.clear()
         self._counters["client_recreated"] += 1
         self._disconnected_since = self.clock()
         if new.state == KazooState.LOST:
