@@ -1,4 +1,4 @@
-"""The ZooKeeper mirror: group-committed CAS on the write path, a repair thread, a client watchdog.
+"""The ZooKeeper mirror: group-committed CAS on the write path, a pump thread, a client watchdog.
 
 Correctness does not depend on the order in which concurrent writers reach ZooKeeper. Every
 mirror commit of a service checks and bumps the service's guard node in the same transaction.
@@ -17,7 +17,7 @@ Threads (kazoo's TreeCache pattern: one thread owns the state, the others post t
   reconcile, the published status. It also commits every instance change: request threads post
   "instance X of service S changed (record, guard version read before the write)" and wait;
   the owner batches what is queued per service into one multi with one guard check+bump;
-- the repair thread (`atlas-mirror-repair`) re-syncs services whose mirror write failed, and
+- the pump thread (`atlas-mirror-pump`) re-syncs services whose mirror write failed, and
   probes a ZooKeeper that refuses our client (a server restarted with a wiped data dir);
 - request threads and the reconciler read ZooKeeper and DynamoDB themselves and commit
   whole-service syncs directly (the guard makes that safe); they post what they counted.
@@ -135,7 +135,7 @@ class _Outcome(enum.Enum):
     COMMITTED = "committed"  # published at the zxid given
     STALE = "stale"  # a commit touched the instance after the pre-read: re-read the truth
     RESYNC = "resync"  # the service needs a whole-service sync
-    DEFERRED = "deferred"  # not mirrored now; marked dirty for the repair thread
+    DEFERRED = "deferred"  # not mirrored now; marked dirty for the pump thread
 
 
 @dataclass
@@ -172,17 +172,17 @@ class ZkMirror:
         self.probe_factory = probe_factory or make_probe_client
         self.clock = clock
         # A server restarted with a wiped data dir refuses a client that has seen a newer zxid,
-        # forever; only a fresh client gets in. The repair thread's probe finds that out within
+        # forever; only a fresh client gets in. The pump thread's probe finds that out within
         # a second; as a backstop, a client that cannot connect for this long is replaced.
         self.recreate_after = recreate_after if recreate_after is not None else 2 * timeout
         self.source: TruthSource | None = None
         self._tasks: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._stopped = threading.Event()
-        self._repair_wake = threading.Event()
+        self._pump_wake = threading.Event()
         self._threads: list[threading.Thread] = []
         self._owner: threading.Thread | None = None
         self._started = False
-        self._connect_listeners: list[Callable[[], None]] = []
+        self._connect_listeners: list[Callable[[], None]] = []  # the owner's
         # Owned by the owner thread from here on.
         self._client: KazooClient = client_factory(hosts, timeout)
         self._listener = self._listen_to(self._client)
@@ -223,11 +223,11 @@ class ZkMirror:
 
     def add_connect_listener(self, callback: Callable[[], None]) -> None:
         """Call `callback` (on the owner thread; it must not block) whenever a session is
-        established. Not thread-safe: before start."""
-        self._connect_listeners.append(callback)
+        established. Thread-safe (posts to the owner), before or after start."""
+        self._in_owner(functools.partial(self._connect_listeners.append, callback))
 
     def start(self, background: bool = True) -> None:
-        """Connect (without blocking on it) and start the owner and repair threads.
+        """Connect (without blocking on it) and start the owner and pump threads.
 
         Not thread-safe; call once, after any fork. `background=False` starts no threads (tests
         then drive the owner's loop with `run_once`).
@@ -238,8 +238,8 @@ class ZkMirror:
         self._client.start_async()
         if background:
             self._owner = threading.Thread(target=self._own, name="atlas-mirror", daemon=True)
-            repair = threading.Thread(target=self._repair, name="atlas-mirror-repair", daemon=True)
-            self._threads = [self._owner, repair]
+            pump = threading.Thread(target=self._pump, name="atlas-mirror-pump", daemon=True)
+            self._threads = [self._owner, pump]
             for t in self._threads:
                 t.start()
 
@@ -258,8 +258,8 @@ class ZkMirror:
         Not thread-safe; call once.
         """
         self._stopped.set()
-        self._repair_wake.set()
-        for t in self._threads[1:]:  # the repair thread first: it may still post a client
+        self._pump_wake.set()
+        for t in self._threads[1:]:  # the pump thread first: it may still post a client
             t.join(timeout=10)
         self._tasks.put(_STOP)
         if self._owner is not None:
@@ -402,7 +402,7 @@ class ZkMirror:
                     log.exception("mirror connect listener failed")
         elif self._disconnected_since is None:
             self._disconnected_since = self.clock()
-        self._repair_wake.set()
+        self._pump_wake.set()
 
     def _bump(self, counter: str, n: int = 1) -> None:
         self._counters[counter] += n
@@ -415,7 +415,7 @@ class ZkMirror:
             self._counters["sync_failures"] += 1
             self._last_error = f"{reason!r}"[:300]
             log.warning("mirror of %r deferred: %s", name, self._last_error)
-        self._repair_wake.set()
+        self._pump_wake.set()
 
     def _note_error(self, exc: BaseException) -> None:
         """Owner thread only."""
@@ -548,7 +548,7 @@ class ZkMirror:
         other queued changes; returns the zxid that published it, or None when deferred.
 
         Thread-safe: blocks the calling thread until its change is committed (or deferred to
-        the repair thread). A change whose pre-read went stale re-reads the truth and retries.
+        the pump thread). A change whose pre-read went stale re-reads the truth and retries.
         """
         if self.source is None:
             self._defer(service, "no truth bound")
@@ -937,11 +937,11 @@ class ZkMirror:
 
     # ---------------------------------------------------------- the repairs
 
-    def _repair(self) -> None:
+    def _pump(self) -> None:
         last_probe = 0.0
         while not self._stopped.is_set():
-            self._repair_wake.wait(timeout=0.5)
-            self._repair_wake.clear()
+            self._pump_wake.wait(timeout=0.5)
+            self._pump_wake.clear()
             if self._stopped.is_set():
                 return
             try:
@@ -951,13 +951,13 @@ class ZkMirror:
                         self.probe()
                 elif self.source is not None and self._published["dirty"]:
                     self.drain_dirty()
-            except Exception:  # the repair thread must outlive any single failure
+            except Exception:  # the pump thread must outlive any single failure
                 log.exception("mirror repair error")
 
     def drain_dirty(self) -> int:
         """Re-sync every service whose mirror write failed; return how many succeeded.
 
-        Thread-safe (the repair thread calls it); posts the cleared marks to the owner.
+        Thread-safe (the pump thread calls it); posts the cleared marks to the owner.
         """
         done = 0
         for name, gen in sorted(self.dirty.items()):
@@ -978,7 +978,7 @@ class ZkMirror:
         that has seen a newer zxid than its own. If so, have the owner replace our client
         with a fresh one (which gets in), and return True.
 
-        Thread-safe, but blocking (a few seconds at most): the repair thread calls it.
+        Thread-safe, but blocking (a few seconds at most): the pump thread calls it.
         """
         client = self._client
         since = self._published["disconnected_since"]
@@ -1014,11 +1014,17 @@ class ZkMirror:
         return True
 
 
+# The probe's own reconnect chatter says nothing the main client's does not: errors only.
+probe_log = logging.getLogger("atlas.mirror.probe")
+probe_log.setLevel(logging.ERROR)
+
+
 def make_probe_client(hosts: str) -> KazooClient:
     """A throwaway kazoo client with a short session, for `ZkMirror.probe`."""
     return KazooClient(
         hosts=hosts,
         timeout=1.0,
+        logger=probe_log,
         connection_retry=KazooRetry(max_tries=-1, delay=0.05, backoff=1.5, max_delay=0.25),
         command_retry=KazooRetry(max_tries=1, delay=0.05),
     )
