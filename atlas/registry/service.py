@@ -103,17 +103,19 @@ class Registry:
 
     def _instance_changed(
         self, service: str, iid: str, record: Instance | None, prepared: Any
-    ) -> None:
-        self._tell_mirror(
+    ) -> int | None:
+        return self._tell_mirror(
             "instance_changed", self.mirror.instance_changed, service, iid, record, prepared
         )
 
-    def _tell_mirror(self, action: str, fn: Callable[..., None], *args: Any) -> None:
+    def _tell_mirror(self, action: str, fn: Callable[..., int | None], *args: Any) -> int | None:
         # DynamoDB already has the write; a mirror failure is repaired by the reconciler.
+        # Returns the zxid that published the change (None: not mirrored now).
         try:
-            fn(*args)
+            return fn(*args)
         except Exception:
             log.exception("mirror %s failed; the reconciler will repair it", action)
+            return None
 
     def service_changed(self, name: str) -> None:
         """Tell the mirror the service as stored now (after a write that changed its record,
