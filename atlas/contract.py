@@ -217,6 +217,15 @@ def normalize_host(value: str) -> str | None:
     return (value[:-1] if value.endswith(".") else value).lower()
 
 
+def is_ip(host: str) -> bool:
+    """True when a normalized host is an IP address, False for a hostname (to be resolved)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def is_ipv6(host: str) -> bool:
     """True when a normalized host is an IPv6 address."""
     return ":" in host
