@@ -191,6 +191,8 @@ def live_atlas(
     session.post(base, json={"name": "web"}, timeout=10).raise_for_status()
     for iid in ("web-1.example.com:8080", "10.0.0.7:8080", "[::1]:8080"):
         session.put(f"{base}/web/instances/{iid}", json={}, timeout=10).raise_for_status()
+    # More than one of each listing, so that small pages issue cursors to follow.
+    session.post(base, json={"name": "api"}, timeout=10).raise_for_status()
     session.close()
     yield server
     server.stop()
@@ -236,7 +238,8 @@ def test_live_app_conforms_to_the_document(live_atlas: AtlasServer, tmp_path: Pa
         "--request-timeout", "30", "--generation-database", "none",
         "--report", "json", "--report-json-path", str(report),
     ]  # fmt: skip
-    env = {**os.environ, "SCHEMATHESIS_HOOKS": str(HOOKS)}
+    stats = tmp_path / "hook-stats.json"
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": str(HOOKS), "SCHEMATHESIS_HOOK_STATS": str(stats)}
     run = subprocess.run(
         argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200, check=False
     )
@@ -246,7 +249,8 @@ def test_live_app_conforms_to_the_document(live_atlas: AtlasServer, tmp_path: Pa
     summary = (
         f"schemathesis: {cases['generated']} cases on {result['operations']['tested']} operations"
         f" in {result['running_time']:.0f} s, {cases['unique_failures']} unique failures,"
-        f" {len(result['errors'])} errors, {result['filtered']} gunicorn-limit answers excused"
+        f" {len(result['errors'])} errors, {result['filtered']} gunicorn-limit answers excused;"
+        f" hooks: {stats.read_text() if stats.exists() else '{}'}"
     )
     print(summary)  # shown with -s / -rP
     assert result["failures"] == [] and result["errors"] == [], summary + "\n" + run.stdout[-20000:]
@@ -261,6 +265,8 @@ def test_live_app_conforms_to_the_document(live_atlas: AtlasServer, tmp_path: Pa
         "phases"
     ]
     assert cases["generated"] >= 1500, summary
+    # Valid cases carried real cursors (the coverage phase's limit=1 pages make some).
+    assert json.loads(stats.read_text())["cursors_sent"] > 0, summary
 
 
 def test_protocol_errors_are_documented_problems(live_atlas: AtlasServer) -> None:
