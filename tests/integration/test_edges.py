@@ -245,16 +245,22 @@ FORMS: list[tuple[str, dict[str, Any], str, str]] = [
 ]
 
 
-def _put_forms(api: ApiClient, service: str, ports: list[int]) -> list[str]:
-    """PUT every form (one backend port each); return the stored ids."""
+def _put_forms(
+    api: ApiClient, service: str, ports: list[int], forms: range | None = None
+) -> list[str]:
+    """PUT every form (form i on backend port i; `forms` picks some); return the stored ids."""
     stored = []
-    for (written, body, canonical, _), port in zip(FORMS, ports, strict=True):
-        data = {k: int(port) if v == "{p}" else v for k, v in body.items()}
-        resp = api.put(f"/v1/services/{service}/instances/{written.format(p=port)}", json=data)
+    for i in forms or range(len(FORMS)):
+        written, body, canonical, _ = FORMS[i]
+        data = {k: int(ports[i]) if v == "{p}" else v for k, v in body.items()}
+        resp = api.put(f"/v1/services/{service}/instances/{written.format(p=ports[i])}", json=data)
         assert resp.status_code == 201, (written, resp.text)
-        assert resp.json()["id"] == canonical.format(p=port)
+        assert resp.json()["id"] == canonical.format(p=ports[i])
         stored.append(resp.json()["id"])
     return stored
+
+
+IP_FORMS = range(8)  # FORMS[8:] are hostnames
 
 
 def test_every_accepted_address_form_is_routed(
@@ -299,9 +305,25 @@ def test_every_accepted_address_form_is_routed(
     sidecar = start_sidecar(realm)
     wait_until(lambda: sidecar.status()["in_sync"], timeout=30, what="sidecar applied the view")
     check("boot", boot)
-    check("runtime", _put_forms(api, "runtime", ports))
+    # IP addresses go in through HAProxy's runtime API, with no reload; hostnames need one.
+    before = sidecar.status()
+    runtime = _put_forms(api, "runtime", ports, IP_FORMS)
+    wait_until(
+        lambda: len(sidecar.servers("runtime")) == len(IP_FORMS) and sidecar.status()["in_sync"],
+        timeout=30,
+        what="runtime adds applied",
+    )
+    after = sidecar.status()
+    assert after["reloads"] == before["reloads"]
+    assert after["runtime_updates"] >= before["runtime_updates"] + len(IP_FORMS)
+    runtime += _put_forms(api, "runtime", ports, range(len(IP_FORMS), len(FORMS)))
+    check("runtime", runtime)
     reload = _put_forms(api, "reload", ports)
-    wait_until(lambda: sidecar.status()["in_sync"], timeout=30, what="instances applied")
+    wait_until(
+        lambda: len(sidecar.servers("reload")) == len(FORMS) and sidecar.status()["in_sync"],
+        timeout=30,
+        what="instances applied",
+    )
     reloads = sidecar.status()["reloads"]
     health = {"path": "/health", "interval_s": 1, "timeout_s": 1}
     assert api.patch("/v1/services/reload", json={"health_check": health}).ok
@@ -329,7 +351,11 @@ def test_an_unresolvable_hostname_stops_nothing_else(
     api.put(f"/v1/services/later/instances/127.0.0.1:{later.port}", json={})
     wait_until(lambda: sidecar.answering("later", 2) == {"later"}, timeout=30, what="reload")
     assert api.put("/v1/services/later/instances/other.invalid:8080", json={}).ok
-    wait_until(lambda: sidecar.status()["in_sync"], timeout=30, what="hostname added")
+    wait_until(
+        lambda: "other.invalid:8080" in sidecar.servers("later") and sidecar.status()["in_sync"],
+        timeout=30,
+        what="hostname added",
+    )
     assert sidecar.answering("later", 4) == {"later"}
     assert sidecar.status()["check_failures"] == 0
     assert sorted(sidecar.servers("mixed")) == sorted(
@@ -437,6 +463,20 @@ def test_health_checks_go_on_the_wire_as_written(
             what=f"{name}: the sick instance is down",
         )
         assert sidecar.servers(name)[f"127.0.0.1:{healthy.port}"]["op_state"] == "2"
+    # An instance added at runtime (no reload) is health-checked too.
+    reloads = sidecar.status()["reloads"]
+    late = backends("late-sick", failing=frozenset(SENT_PATHS))
+    assert api.put(f"/v1/services/hc0/instances/127.0.0.1:{late.port}", json={}).ok
+    wait_until(
+        lambda: (
+            SENT_PATHS[0] in late.targets()
+            and sidecar.servers("hc0")[f"127.0.0.1:{late.port}"]["op_state"] == "0"
+        ),
+        timeout=30,
+        what="the runtime-added sick instance is down",
+    )
+    assert sidecar.status()["reloads"] == reloads
     checks = {t for t in healthy.targets() if t != "/traffic"}
     assert checks == set(SENT_PATHS), checks  # nothing else, nothing altered
-    print(f"{len(SENT_PATHS)} health-check paths sent as written, {len(SENT_PATHS)} sick DOWN")
+    assert set(late.targets()) == {SENT_PATHS[0]}
+    print(f"{len(SENT_PATHS)} health-check paths sent as written, {len(SENT_PATHS) + 1} sick DOWN")
