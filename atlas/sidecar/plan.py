@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from atlas.contract import is_ip
 from atlas.sidecar.model import Instance, Service, Snapshot
 from atlas.sidecar.render import server_args, server_ids, server_name
 
@@ -90,6 +91,10 @@ def _server_ops(old: Service, new: Service) -> list[RuntimeOp]:
         s = server_name(inst)
         before: Instance | None = old_map.get(key)
         if before is None:
+            if not is_ip(inst.address or inst.host):
+                # `add server` does not resolve names (HAProxy 2.6 leaves it with no address):
+                # only a reload, which resolves them, can route a new hostname instance.
+                return []
             cmds = [f"add server {b}/{s} {server_args(new, inst, ids[key])}"]
             if new.health_check is not None:
                 cmds.append(f"enable health {b}/{s}")
