@@ -7,14 +7,16 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBS   := zookeeper haproxy socat libcurator-discovery-java default-jdk-headless wrk
+DEBS   := zookeeper haproxy socat libcurator-discovery-java default-jdk-headless wrk chromium redis-server postgresql
 
 .PHONY: run test lint unit integration deps install bench clean
 
 deps:  ## Debian packages the stack and the tests run for real
 	@if ! command -v haproxy >/dev/null || [ ! -f /usr/share/java/zookeeper.jar ] \
 	   || [ ! -f /usr/share/java/curator-x-discovery.jar ] || ! command -v javac >/dev/null \
-	   || ! command -v wrk >/dev/null; then \
+	   || ! command -v wrk >/dev/null || ! command -v chromium >/dev/null \
+	   || ! command -v redis-server >/dev/null \
+	   || ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then \
 	  echo "installing Debian packages: $(DEBS)"; \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEBS); \
@@ -23,7 +25,7 @@ deps:  ## Debian packages the stack and the tests run for real
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[server,service,dev]'
 	touch $(STAMP)
 
 install: deps $(STAMP)

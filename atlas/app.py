@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
+import threading
 import time
+import weakref
 from collections.abc import Mapping
 from importlib.resources import files
 from typing import Any
@@ -14,6 +17,7 @@ from flask import Flask, Response, jsonify
 from atlas import __version__
 from atlas.api import init_api
 from atlas.api.auth import Authenticator, Principal
+from atlas.api.http import BoundedRequest
 from atlas.api.problems import problem_response
 from atlas.config import Settings
 from atlas.errors import AtlasError
@@ -24,20 +28,44 @@ from atlas.registry.audit import AuditLog
 from atlas.registry.config import ConfigStore
 from atlas.registry.crypto import Sealer, sealer_for
 from atlas.registry.tokens import TokenStore
+from atlas.ui import ui_blueprint
 
 log = logging.getLogger(__name__)
 
+# Extensions whose background work runs in this process, held weakly: an app a test drops
+# can be garbage-collected; one still alive at interpreter exit is closed then.
+_RUNNING: weakref.WeakSet[AtlasExtension] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_running() -> None:
+    for ext in list(_RUNNING):
+        ext.close()
+
 
 class AtlasExtension:
-    """Holds the registry, the authenticator and the mirror of one app (Flask's init_app pattern)."""
+    """Holds the registry, the authenticator and the mirror of one app (Flask's init_app pattern).
+
+    `init_app` only builds objects: no ZooKeeper session, no thread. `start()` begins the
+    background work (mirror session and pump, reconciler) in the process that serves:
+    gunicorn calls it in each worker after the fork (`atlas.gunicorn_conf`), and the first
+    request does it under any other WSGI server. `close()` stops it. Both are thread-safe
+    and idempotent.
+    """
 
     def __init__(self, app: Flask | None = None, **kwargs: Any) -> None:
         self.settings: Settings
         self.registry: Registry
         self.authenticator: Authenticator
         self.mirror: Mirror | None = None
+        self.reconciler: Reconciler | None = None
         self.metrics = Metrics()
         self.started = time.time()
+        self._lock = threading.Lock()
+        self._started_in: int | None = None  # pid of the process that started background work
+        self._closed = False
+        self._fork_warned = False
+        self._own_mirror = False
         if app is not None:
             self.init_app(app, **kwargs)
 
@@ -49,39 +77,83 @@ class AtlasExtension:
         mirror: Mirror | None = None,
         sealer: Sealer | None = None,
     ) -> None:
-        """Bind to an app: build models and the registry unless they are injected."""
+        """Bind to an app: build models and the registry unless they are injected (no I/O)."""
         self.settings = settings
-        self.mirror = mirror
-        self.reconciler: Reconciler | None = None
-        if mirror is None and registry is None and settings.zk_hosts:
-            zk = ZkMirror(settings.zk_hosts, settings.realm, timeout=settings.zk_timeout_s)
-            mirror = zk
-            if settings.reconciler_enabled:
-                self.reconciler = Reconciler(zk, interval=settings.reconcile_interval_s)
+        self._own_mirror = mirror is None and registry is None and bool(settings.zk_hosts)
+        if self._own_mirror:
+            mirror = ZkMirror(settings.zk_hosts, settings.realm, timeout=settings.zk_timeout_s)
         if registry is None:
             registry = Registry(build_models_for(settings), mirror=mirror)
         self.registry = registry
         self.mirror = mirror
         if isinstance(mirror, ZkMirror):
             mirror.bind(registry)
-            mirror.start()
-        if self.reconciler is not None:
-            self.reconciler.start()
         self.config = ConfigStore(registry, sealer or sealer_for(settings), settings.realm)
         self.tokens = TokenStore(registry, cache_s=settings.token_cache_s)
         self.audit = AuditLog(registry, queue_size=settings.audit_queue_size)
         self.authenticator = Authenticator(settings, self.tokens)
-        atexit.register(self.audit.flush)
         app.extensions["atlas"] = self
+        app.before_request(self.ensure_started)
         self.metrics.init_app(app)
 
+    @property
+    def running(self) -> bool:
+        """True once background work was started in this process and not yet stopped."""
+        return self._started_in == os.getpid() and not self._closed
+
+    def start(self) -> None:
+        """Start the background work in this process: ZooKeeper session and pump, reconciler.
+
+        Call it after forking (gunicorn's post_worker_init does). Thread-safe; a second call,
+        or a call after `close()`, does nothing.
+        """
+        with self._lock:
+            pid = os.getpid()
+            if self._closed or self._started_in == pid:
+                return
+            if self._started_in is not None:
+                # Threads and sockets do not survive a fork: this copy cannot be restarted.
+                if not self._fork_warned:
+                    self._fork_warned = True
+                    log.warning(
+                        "background work was started in process %s before a fork; process %s "
+                        "runs without ZooKeeper mirror and reconciler (start it after the fork)",
+                        self._started_in,
+                        pid,
+                    )
+                return
+            self._started_in = os.getpid()
+            if isinstance(self.mirror, ZkMirror):
+                self.mirror.start()
+                if self._own_mirror and self.settings.reconciler_enabled:
+                    # Built here, not in init_app: its election identity names this process.
+                    self.reconciler = Reconciler(
+                        self.mirror, interval=self.settings.reconcile_interval_s
+                    )
+                    self.reconciler.start()
+            _RUNNING.add(self)
+            log.debug("background work started in process %s", os.getpid())
+
+    def ensure_started(self) -> None:
+        """`before_request` hook: start background work on the first request (thread-safe)."""
+        if self._started_in != os.getpid() and not self._closed:
+            self.start()
+
     def close(self) -> None:
-        """Stop background threads and ZooKeeper sessions (tests, shutdown)."""
+        """Stop background work and write queued audit records (thread-safe, idempotent)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            started_here = self._started_in == os.getpid()
+        _RUNNING.discard(self)
         self.audit.close()
-        if self.reconciler is not None:
-            self.reconciler.stop()
-        if isinstance(self.mirror, ZkMirror):
-            self.mirror.stop()
+        if started_here:
+            if self.reconciler is not None:
+                self.reconciler.stop()
+            if isinstance(self.mirror, ZkMirror):
+                self.mirror.stop()
+            log.info("background work stopped in process %s", os.getpid())
 
     def info(self, principal: Principal | None = None) -> dict[str, Any]:
         """The body of GET /v1/info."""
@@ -120,12 +192,16 @@ def create_app(
     registry: Registry | None = None,
     mirror: Mirror | None = None,
 ) -> Flask:
-    """Create the Atlas WSGI app; `config` overrides Flask config, `settings` the ATLAS_* ones."""
+    """Create the Atlas WSGI app; `config` overrides Flask config, `settings` the ATLAS_* ones.
+
+    Only configures: nothing connects and no thread starts until the extension's `start()`
+    (after gunicorn's fork, or on the first request).
+    """
     settings = settings or Settings.from_env()
     app = Flask("atlas")
+    app.request_class = BoundedRequest
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
-        JSON_SORT_KEYS=False,
         PROPAGATE_EXCEPTIONS=False,
     )
     if config:
@@ -134,6 +210,7 @@ def create_app(
 
     AtlasExtension(app, settings=settings, registry=registry, mirror=mirror)
     init_api(app)
+    app.register_blueprint(ui_blueprint)
 
     app.register_error_handler(Exception, problem_response)
 

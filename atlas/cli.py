@@ -1,139 +1,164 @@
-"""The `atlas` command: migrate, serve, dev (the local stack), settings."""
+"""The `atlas` command (click): migrate, serve, dev, reconcile, settings, new-service.
+
+Another module adds a command with one line: `cli.add_command(my_command)`.
+"""
 
 from __future__ import annotations
 
-import argparse
-import logging
+import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-from atlas.config import ConfigError, Settings
+import click
+
+from atlas import __version__
+from atlas.admin.cli import COMMANDS as ADMIN_COMMANDS
+from atlas.config import SETTINGS_CLASSES, ConfigError, ServeSettings, Settings
+from atlas.logs import configure
+from atlas.service.scaffold import new_service
 
 
-def _settings() -> Settings:
-    try:
-        return Settings.from_env()
-    except ConfigError as exc:
-        print(f"atlas: configuration error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+class AtlasGroup(click.Group):
+    """A click group whose commands stop with `atlas: configuration error: ...` (exit 2)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the command; a bad setting becomes a one-line message and exit status 2."""
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            click.echo(f"atlas: configuration error: {exc}", err=True)
+            ctx.exit(2)
 
 
-def cmd_migrate(args: argparse.Namespace) -> int:
-    """Apply pending DynamoDB migrations."""
+@click.group(cls=AtlasGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="atlas")
+def cli() -> None:
+    """Atlas, the cluster registry. Settings are ATLAS_* variables: see `atlas settings`."""
+    configure(os.environ.get("ATLAS_LOG_LEVEL", "INFO"))
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="List the pending migrations; apply nothing.")
+def migrate(dry_run: bool) -> None:
+    """Apply pending DynamoDB migrations (idempotent; safe when two run at once)."""
     from atlas.migrate import Migrator
 
-    migrator = Migrator(_settings())
-    if args.dry_run:
+    settings = Settings.from_env()
+    directory = Path(settings.migrations_dir) if settings.migrations_dir else None
+    migrator = Migrator(settings, directory=directory)
+    if dry_run:
         for m in migrator.pending():
-            print(f"pending {m.id}")
-        return 0
+            click.echo(f"pending {m.id}")
+        return
     ran = migrator.run()
-    print(f"applied {len(ran)} migration(s){': ' + ', '.join(ran) if ran else ''}")
-    return 0
+    click.echo(f"applied {len(ran)} migration(s){': ' + ', '.join(ran) if ran else ''}")
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    """Run the API under gunicorn (exec)."""
-    _settings()  # fail fast with a clear message before gunicorn forks
-    argv = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "--bind",
-        args.bind,
-        "--workers",
-        str(args.workers),
-        "--worker-class",
-        "gthread",
-        "--threads",
-        str(args.threads),
-        "--access-logfile",
-        "-",
-        "atlas.wsgi:app",
-    ]
-    os.execv(sys.executable, argv)
-    return 0  # pragma: no cover
+@cli.command()
+@click.option("--bind", help="host:port (or unix:PATH) to listen on.  [default: ATLAS_BIND]")
+@click.option("--workers", type=int, help="gunicorn worker processes.  [default: ATLAS_WORKERS]")
+@click.option("--threads", type=int, help="threads per worker.  [default: ATLAS_THREADS]")
+@click.option("--preload", is_flag=True, help="Import the app once in gunicorn's master.")
+def serve(bind: str | None, workers: int | None, threads: int | None, preload: bool) -> None:
+    """Run the API under gunicorn (atlas.gunicorn_conf), replacing this process."""
+    Settings.from_env()  # fail fast with a clear message before gunicorn forks
+    given = {"bind": bind, "workers": workers, "threads": threads}
+    listen = ServeSettings.from_env(**{k: v for k, v in given.items() if v is not None})
+    argv = [sys.executable, "-m", "gunicorn", "--config", "python:atlas.gunicorn_conf",
+            "--bind", listen.bind, "--workers", str(listen.workers),
+            "--threads", str(listen.threads)]  # fmt: skip
+    if preload:
+        argv.append("--preload")
+    os.execv(sys.executable, [*argv, "atlas.wsgi:app"])
 
 
-def cmd_dev(args: argparse.Namespace) -> int:
-    """Run the local stack in the foreground until Ctrl-C."""
+@cli.command()
+@click.option(
+    "--data-dir",
+    envvar="ATLAS_DEV_DATA",
+    default=".atlas-data",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Logs, ZooKeeper data and sidecar state.  [env: ATLAS_DEV_DATA]",
+)
+@click.option("--api-port", default=8080, show_default=True, help="Atlas API (gunicorn).")
+@click.option("--dynamodb-port", default=8000, show_default=True, help="moto: DynamoDB and KMS.")
+@click.option("--zk-port", default=2181, show_default=True, help="ZooKeeper client port.")
+@click.option(
+    "--sidecar-port",
+    default=4000,
+    show_default=True,
+    help="HAProxy of the sidecar; its status page is on the next port.",
+)
+@click.option("--no-seed", is_flag=True, help="Do not create the example service.")
+def dev(
+    data_dir: Path,
+    api_port: int,
+    dynamodb_port: int,
+    zk_port: int,
+    sidecar_port: int,
+    no_seed: bool,
+) -> None:
+    """Run the local stack on 127.0.0.1 (moto, ZooKeeper, Atlas, sidecar) until Ctrl-C."""
     from atlas.devstack import DevStack
 
-    return DevStack.from_args(args).run()
+    stack = DevStack(
+        data_dir=data_dir.resolve(),
+        api_port=api_port,
+        dynamodb_port=dynamodb_port,
+        zk_port=zk_port,
+        sidecar_port=sidecar_port,
+        seed=not no_seed,
+    )
+    sys.exit(stack.run())
 
 
-def cmd_reconcile(args: argparse.Namespace) -> int:
-    """Compare DynamoDB with ZooKeeper once and fix every difference."""
-    import json
-
+@cli.command()
+@click.option(
+    "--timeout", default=15.0, show_default=True, help="Seconds to wait for a ZooKeeper session."
+)
+def reconcile(timeout: float) -> None:
+    """Compare DynamoDB with ZooKeeper once, fix every difference, print what was done."""
     from atlas.mirror import ZkMirror
     from atlas.registry import Registry, build_models_for
 
-    settings = _settings()
+    settings = Settings.from_env()
     if not settings.zk_hosts:
-        print("atlas: ATLAS_ZK_HOSTS is not set", file=sys.stderr)
-        return 2
+        raise click.UsageError("ATLAS_ZK_HOSTS is not set: there is no mirror to reconcile")
     mirror = ZkMirror(settings.zk_hosts, settings.realm, timeout=settings.zk_timeout_s)
     mirror.bind(Registry(build_models_for(settings), mirror=mirror))
     try:
-        mirror.connect(timeout=args.timeout)
-        print(json.dumps(mirror.reconcile(), indent=2))
+        mirror.connect(timeout=timeout)
+        click.echo(json.dumps(mirror.reconcile(), indent=2))
     finally:
         mirror.stop()
-    return 0
 
 
-def cmd_settings(args: argparse.Namespace) -> int:
-    """Print every ATLAS_* setting and its default."""
-    for name, default in Settings.documented():
-        print(f"{name}={default}")
-    return 0
+@cli.command("settings")
+def show_settings() -> None:
+    """Print every ATLAS_* variable with its default and meaning."""
+    for cls in SETTINGS_CLASSES:
+        rows = cls.documented()
+        width = max(len(name) for name, _, _ in rows)
+        dwidth = max(len(default) for _, default, _ in rows)
+        click.echo(f"# {cls.title}")
+        for name, default, meaning in rows:
+            click.echo(f"{name:<{width}}  {default:<{dwidth}}  {meaning}".rstrip())
+        click.echo()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of `atlas`."""
-    p = argparse.ArgumentParser(prog="atlas", description="Atlas cluster registry")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    m = sub.add_parser("migrate", help="apply pending DynamoDB migrations")
-    m.add_argument("--dry-run", action="store_true", help="list pending migrations only")
-    m.set_defaults(func=cmd_migrate)
-
-    s = sub.add_parser("serve", help="run the API under gunicorn")
-    s.add_argument("--bind", default=os.environ.get("ATLAS_BIND", "127.0.0.1:8080"))
-    s.add_argument("--workers", type=int, default=int(os.environ.get("ATLAS_WORKERS", "2")))
-    s.add_argument("--threads", type=int, default=int(os.environ.get("ATLAS_THREADS", "4")))
-    s.set_defaults(func=cmd_serve)
-
-    d = sub.add_parser("dev", help="run the local stack (moto, ZooKeeper, Atlas, sidecar)")
-    d.add_argument("--data-dir", default=os.environ.get("ATLAS_DEV_DATA", ".atlas-data"))
-    d.add_argument("--api-port", type=int, default=8080)
-    d.add_argument("--dynamodb-port", type=int, default=8000)
-    d.add_argument("--zk-port", type=int, default=2181)
-    d.add_argument("--sidecar-port", type=int, default=4000)
-    d.add_argument("--no-seed", action="store_true", help="do not seed the example service")
-    d.set_defaults(func=cmd_dev)
-
-    r = sub.add_parser("reconcile", help="rebuild the ZooKeeper mirror from DynamoDB")
-    r.add_argument("--once", action="store_true", help="run one pass and exit (the only mode)")
-    r.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for ZooKeeper")
-    r.set_defaults(func=cmd_reconcile)
-
-    c = sub.add_parser("settings", help="print every ATLAS_* setting and its default")
-    c.set_defaults(func=cmd_settings)
-    return p
+for _admin_command in ADMIN_COMMANDS:
+    cli.add_command(_admin_command)
+cli.add_command(new_service)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `atlas` console script."""
-    logging.basicConfig(
-        level=os.environ.get("ATLAS_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    args = build_parser().parse_args(argv)
-    return int(args.func(args))
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the `atlas` console script: run one command and exit with its status."""
+    cli.main(args=None if argv is None else list(argv), prog_name="atlas")
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()

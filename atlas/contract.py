@@ -47,12 +47,96 @@ HEALTH_CHECK_PATH_RULE = (
     "-._~!$&'()*+,;=:@/? and %XX escapes), at most 1024 characters."
 )
 
-_LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", re.IGNORECASE | re.ASCII)
-_HOST_CHARS_RE = re.compile(r"[A-Za-z0-9.:\[\]-]+", re.ASCII)
-HOST_RULE = (
-    "Must be a hostname, an IPv4 address or an IPv6 address (in brackets in an instance id); "
-    "not an unspecified, broadcast or multicast address."
+# ------------------------------------------------------------------- host and port patterns
+#
+# The address rules are regular expressions first, so the API, the OpenAPI document (which
+# carries these exact patterns) and every consumer agree on one set of strings. They use only
+# the part of regex syntax that Python and ECMA-262 (JSON Schema) read alike, and only negative
+# lookaheads (generators such as Hypothesis honour those by filtering).
+
+_DEC_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+# 1-223: not 0.0.0.0/8 ("this network", never a destination), not 224.0.0.0/4 (multicast),
+# not 240.0.0.0/4 (reserved, and 255.255.255.255, broadcast).
+_FIRST_OCTET = r"(?:22[0-3]|2[01][0-9]|1[0-9]{2}|[1-9][0-9]?)"
+_DOTTED = rf"{_DEC_OCTET}(?:\.{_DEC_OCTET}){{3}}"
+#: A unicast IPv4 address in dotted-decimal form, no leading zeros.
+IPV4_PATTERN = rf"{_FIRST_OCTET}(?:\.{_DEC_OCTET}){{3}}"
+
+_H16 = "[0-9A-Fa-f]{1,4}"
+_LS32 = rf"(?:{_H16}:{_H16}|{_DOTTED})"
+# RFC 3986 section 3.2.2, IPv6address.
+_IPV6_FORMS = "|".join(
+    [
+        rf"(?:{_H16}:){{6}}{_LS32}",
+        rf"::(?:{_H16}:){{5}}{_LS32}",
+        rf"(?:{_H16})?::(?:{_H16}:){{4}}{_LS32}",
+        rf"(?:(?:{_H16}:){{0,1}}{_H16})?::(?:{_H16}:){{3}}{_LS32}",
+        rf"(?:(?:{_H16}:){{0,2}}{_H16})?::(?:{_H16}:){{2}}{_LS32}",
+        rf"(?:(?:{_H16}:){{0,3}}{_H16})?::{_H16}:{_LS32}",
+        rf"(?:(?:{_H16}:){{0,4}}{_H16})?::{_LS32}",
+        rf"(?:(?:{_H16}:){{0,5}}{_H16})?::{_H16}",
+        rf"(?:(?:{_H16}:){{0,6}}{_H16})?::",
+    ]
 )
+# The high 16 bits of an IPv4-mapped address whose IPv4 address is refused (first octet 0 or
+# 224 and above), and the same for a dotted tail.
+_BAD_MAPPED_HIGH = "(?:0{0,2}[0-9A-Fa-f]{1,2}|[EeFf][0-9A-Fa-f]{3})"
+_BAD_MAPPED_DOTTED = r"(?:0|22[4-9]|2[3-5][0-9])\."
+
+
+def _ipv6_pattern(end: str) -> str:
+    """A unicast IPv6 address that ends where `end` matches (`$`, or `\\]` in brackets).
+
+    Refused: the unspecified address (only zeros), multicast (ff00::/8), link-local (fe80::/10,
+    unroutable without a zone id) and IPv4-mapped addresses of a refused IPv4 address.
+    """
+    return (
+        rf"(?![0:.]*{end})"
+        rf"(?![Ff]{{2}}[0-9A-Fa-f]{{2}}:)"
+        rf"(?![Ff][Ee][89ABab][0-9A-Fa-f]:)"
+        rf"(?![0:]*:[Ff]{{4}}:(?::{end}|{_BAD_MAPPED_HIGH}:(?::{end}|{_H16}{end})"
+        rf"|{_BAD_MAPPED_DOTTED}))"
+        rf"(?:{_IPV6_FORMS})"
+    )
+
+
+_LABEL = "[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+
+
+def _hostname_pattern(end: str) -> str:
+    """DNS labels, an optional trailing dot; the last label is not a number (decimal or 0x-hex,
+    which resolvers read as an IPv4 address: `10.1`, `0x7f000001`)."""
+    tld = rf"(?![0-9]+\.?{end})(?!0[Xx][0-9A-Fa-f]*\.?{end}){_LABEL}"
+    return rf"(?:{_LABEL}\.)*{tld}\.?"
+
+
+HOST_MAX = 253
+#: A port, 1-65535, no leading zeros.
+PORT_PATTERN = (
+    "(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
+)
+_IPV6_BRACKETED = r"\[" + _ipv6_pattern(r"\]") + r"\]"
+#: A host as the API takes it in a body or in /v1/hosts/{host}: a hostname, an IPv4 address, or
+#: an IPv6 address with or without brackets; at most 253 characters.
+HOST_PATTERN = (
+    rf"^(?!.{{{HOST_MAX + 1}}})(?:{IPV4_PATTERN}|{_hostname_pattern('$')}"
+    rf"|{_ipv6_pattern('$')}|{_IPV6_BRACKETED})$"
+)
+#: An instance id as the API takes it in a path: `host:port`, an IPv6 host in brackets.
+INSTANCE_ID_PATTERN = (
+    rf"^(?:{_IPV6_BRACKETED}"
+    rf"|(?![^:]{{{HOST_MAX + 1}}})(?:{IPV4_PATTERN}|{_hostname_pattern(':')}))"
+    rf":{PORT_PATTERN}$"
+)
+INSTANCE_ID_MAX = HOST_MAX + 6
+HOST_RE = re.compile(HOST_PATTERN)
+INSTANCE_ID_RE = re.compile(INSTANCE_ID_PATTERN)
+HOST_RULE = (
+    "Must be a hostname (its last label not a number), a unicast IPv4 address (first octet "
+    "1-223) or a unicast IPv6 address (in brackets in an instance id; not link-local); not an "
+    "unspecified, broadcast or multicast address; at most 253 characters."
+)
+PORT_RULE = "Must be an integer between 1 and 65535 (no leading zeros)."
 
 
 # ------------------------------------------------------------------------------- names
@@ -99,48 +183,50 @@ def is_health_check_path(value: object) -> TypeGuard[str]:
 # ------------------------------------------------------------------------------- hosts
 
 
-def _routable_ip(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if ip.is_unspecified or ip.is_multicast:
-        return False
-    return not (
-        isinstance(ip, ipaddress.IPv4Address) and ip == ipaddress.IPv4Address("255.255.255.255")
-    )
+def routable_ip(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """True for an address an instance can have (what HOST_PATTERN's IP forms accept).
+
+    IPv4: first octet 1-223. IPv6: not unspecified, multicast or link-local; an IPv4-mapped
+    address follows the rule of the IPv4 address it maps.
+    """
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return routable_ip(ip.ipv4_mapped)
+        return not (ip.is_unspecified or ip.is_multicast or ip.is_link_local)
+    return 1 <= ip.packed[0] <= 223
 
 
 def normalize_host(value: str) -> str | None:
     """The canonical form of a hostname or IP address an instance can have, or None.
 
-    IP addresses are compressed (`2001:db8::1`); an IPv4-mapped IPv6 address becomes the IPv4
-    address it maps (one identity per endpoint); hostnames are lower-cased without a trailing
-    dot. Brackets are accepted around IPv6 addresses. Unspecified, broadcast and multicast
-    addresses, zone ids and anything outside ASCII are refused.
+    Accepts exactly what HOST_PATTERN matches. IP addresses are compressed (`2001:db8::1`); an
+    IPv4-mapped IPv6 address becomes the IPv4 address it maps (one identity per endpoint);
+    hostnames are lower-cased without a trailing dot.
     """
-    if not isinstance(value, str) or not value or len(value) > 253:
+    if not isinstance(value, str) or HOST_RE.fullmatch(value) is None:
         return None
-    if not _HOST_CHARS_RE.fullmatch(value):
-        return None
-    bracketed = value.startswith("[") and value.endswith("]")
-    candidate = value[1:-1] if bracketed else value
+    candidate = value[1:-1] if value.startswith("[") else value
     try:
         ip = ipaddress.ip_address(candidate)
     except ValueError:
         ip = None
     if ip is not None:
-        if bracketed and ip.version != 6:
-            return None
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
-        return str(ip) if _routable_ip(ip) else None
-    if bracketed or "[" in value or "]" in value or ":" in value:
+        # The pattern already refused the rest; this only guards against a gap in it.
+        return str(ip) if routable_ip(ip) else None
+    if ":" in candidate:
         return None
-    name = value[:-1] if value.endswith(".") and len(value) > 1 else value
-    labels = name.lower().split(".")
-    if not all(_LABEL_RE.fullmatch(label) for label in labels):
-        return None
-    # A dotted all-numeric name that is not a valid IPv4 address is a typo, not a hostname.
-    if all(label.isdigit() for label in labels):
-        return None
-    return ".".join(labels)
+    return (value[:-1] if value.endswith(".") else value).lower()
+
+
+def is_ip(host: str) -> bool:
+    """True when a normalized host is an IP address, False for a hostname (to be resolved)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def is_ipv6(host: str) -> bool:
@@ -155,15 +241,11 @@ def instance_id(host: str, port: int) -> str:
 
 def split_instance_id(value: str) -> tuple[str, int] | None:
     """(normalized host, port) of a canonical instance id, or None for anything else."""
-    host, sep, port_s = value.rpartition(":")
-    if not sep or not (port_s.isascii() and port_s.isdigit()) or len(port_s) > 5:
+    if not isinstance(value, str) or INSTANCE_ID_RE.fullmatch(value) is None:
         return None
-    port = int(port_s)
-    if not PORT_MIN <= port <= PORT_MAX:
-        return None
-    if ":" in host and not (host.startswith("[") and host.endswith("]")):
-        return None
+    host, _, port_s = value.rpartition(":")
     normalized = normalize_host(host)
+    port = int(port_s)
     if normalized is None or instance_id(normalized, port) != value:
         return None
     return normalized, port
@@ -172,26 +254,27 @@ def split_instance_id(value: str) -> tuple[str, int] | None:
 def parse_instance_id(value: str) -> tuple[str, int]:
     """Split `host:port` (or `[v6]:port`) into a normalized host and a port.
 
-    Raises ValidationFailed naming `instance_id`, `host` or `port`.
+    Accepts exactly what INSTANCE_ID_PATTERN matches; raises ValidationFailed naming
+    `instance_id`, `host` or `port`.
     """
     host, sep, port_s = value.rpartition(":")
     if not sep:
         raise ValidationFailed(
             "instance id must be host:port", {"instance_id": ["Expected host:port."]}
         )
+    if INSTANCE_ID_RE.fullmatch(value) is not None:
+        normalized = normalize_host(host)
+        if normalized is not None:
+            return normalized, int(port_s)
     errors: dict[str, list[str]] = {}
-    port = 0
-    digits = port_s.isascii() and port_s.isdigit()
-    if not digits or len(port_s) > 5 or not PORT_MIN <= int(port_s) <= PORT_MAX:
-        errors["port"] = ["Must be an integer between 1 and 65535."]
-    else:
-        port = int(port_s)
-    normalized = None if ":" in host and not host.startswith("[") else normalize_host(host)
-    if normalized is None:
+    if re.fullmatch(PORT_PATTERN, port_s) is None:
+        errors["port"] = [PORT_RULE]
+    # An IPv6 host must be in brackets here: without them, its last group reads as the port.
+    if (":" in host and not host.startswith("[")) or normalize_host(host) is None:
         errors["host"] = [HOST_RULE]
-    if errors or normalized is None:
-        raise ValidationFailed("invalid instance id " + repr(value)[:80], errors)
-    return normalized, port
+    if not errors:
+        errors["instance_id"] = ["Expected host:port, an IPv6 host in brackets."]
+    raise ValidationFailed("invalid instance id " + repr(value)[:80], errors)
 
 
 # ------------------------------------------------------------------------------ layout

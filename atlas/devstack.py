@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -31,18 +30,6 @@ class DevStack:
     zk_port: int = 2181
     sidecar_port: int = 4000
     seed: bool = True
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> DevStack:
-        """Build from `atlas dev` arguments."""
-        return cls(
-            data_dir=Path(args.data_dir).resolve(),
-            api_port=args.api_port,
-            dynamodb_port=args.dynamodb_port,
-            zk_port=args.zk_port,
-            sidecar_port=args.sidecar_port,
-            seed=not args.no_seed,
-        )
 
     def env(self) -> dict[str, str]:
         """Environment of the Atlas processes."""

@@ -1,4 +1,9 @@
-"""gunicorn entry point: `gunicorn atlas.wsgi:app` (settings from ATLAS_* variables)."""
+"""WSGI entry point: `gunicorn -c python:atlas.gunicorn_conf atlas.wsgi:app` (ATLAS_* settings).
+
+Importing it only configures (safe before gunicorn forks, `--preload` included): the
+ZooKeeper session and the background threads start in each worker after the fork, from
+`atlas.gunicorn_conf`, or on the first request under any other WSGI server.
+"""
 
 from atlas.app import create_app
 

@@ -32,9 +32,9 @@ def _cleanup() -> None:
 atexit.register(_cleanup)
 
 
-def start_moto() -> MotoServer:
-    """A moto server (DynamoDB) for this run."""
-    m = MotoServer(WORKDIR / "moto")
+def start_moto(mode: str = "serialized") -> MotoServer:
+    """A moto server (DynamoDB + KMS) for this run; serialized (linearizable) unless told."""
+    m = MotoServer(WORKDIR / f"moto-{mode}-{len(_stop)}", mode=mode)
     m.start()
     _stop.append(m)
     return m

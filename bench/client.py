@@ -4,7 +4,12 @@
    atlas.client against plain ``requests`` straight to the backend, both with
    keep-alive (goal: ratio <= 1.3).
 2. Parallel: 50 calls to a backend that takes 20 ms, ``Session.map`` against
-   the same 50 one after another (goal: ratio >= 10).
+   the same 50 one after another (goal: ratio >= 10), with the breakdown of
+   what bounds it: the HAProxy hop (map straight to the backend), the pool
+   size (maps with smaller pools, and the connections they open and throw
+   away), thread start-up (``gather`` starting its threads per call against
+   ``Session.map`` reusing the session's), and the client's own CPU (a map of
+   50 to a backend that answers at once).
 
 Usage: .venv/bin/python bench/client.py [--requests N] [--rounds R]
 """
@@ -12,6 +17,7 @@ Usage: .venv/bin/python bench/client.py [--requests N] [--rounds R]
 from __future__ import annotations
 
 import argparse
+import logging
 import multiprocessing
 import statistics
 import tempfile
@@ -22,7 +28,7 @@ from pathlib import Path
 
 import requests
 
-from atlas.client import Session
+from atlas.client import Session, gather
 from atlas.client.testing import Backend, Behaviour, StaticHAProxy
 
 
@@ -79,14 +85,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         proxy = StaticHAProxy(Path(tmp), {"fast": [fast.address], "slow": [slow.address]}).start()
         try:
-            run(proxy, fast, args.requests, args.rounds)
+            run(proxy, fast, slow, args.requests, args.rounds)
         finally:
             proxy.stop()
             fast.stop()
             slow.stop()
 
 
-def run(proxy: StaticHAProxy, fast: ChildBackend, n: int, rounds: int) -> None:
+def run(proxy: StaticHAProxy, fast: ChildBackend, slow: ChildBackend, n: int, rounds: int) -> None:
     """The measurements themselves."""
     plain = requests.Session()
     no_env = requests.Session()
@@ -128,27 +134,77 @@ def run(proxy: StaticHAProxy, fast: ChildBackend, n: int, rounds: int) -> None:
         f" direct requests.Session with trust_env=False): {service / bare:.2f}x"
     )
 
-    calls = [("GET", f"service://slow/{i}") for i in range(50)]
-    atlas.map(calls, concurrency=50)  # warm up: open 50 keep-alive connections
-    sequential, parallel = [], []
-    for _ in range(3):
-        start = time.perf_counter()
-        for _method, url in calls:
-            atlas.get(url).raise_for_status()
-        sequential.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        results_map = atlas.map(calls, concurrency=50)
-        parallel.append(time.perf_counter() - start)
-        bad = [r for r in results_map if not isinstance(r, requests.Response) or not r.ok]
-        assert not bad, bad
-    seq, par = statistics.median(sequential), statistics.median(parallel)
-    print("== parallel: 50 calls to a 20 ms backend through HAProxy (median of 3) ==")
-    print(f"sequential: {seq * 1000:8.1f} ms")
-    print(f"Session.map(concurrency=50): {par * 1000:8.1f} ms")
-    print(f"speed-up: {seq / par:.1f}x  (goal >= 10)")
     plain.close()
     no_env.close()
     atlas.close()
+    parallel(proxy, fast, slow)
+
+
+class Discards(logging.Handler):
+    """Counts urllib3's "Connection pool is full, discarding connection" warnings."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "pool is full" in record.getMessage():
+            self.count += 1
+
+
+def parallel(proxy: StaticHAProxy, fast: ChildBackend, slow: ChildBackend) -> None:
+    """50 calls to the 20 ms backend: sequential, Session.map, and what bounds the map."""
+    discards = Discards()
+    pool_log = logging.getLogger("urllib3.connectionpool")
+    pool_log.addHandler(discards)
+    pool_log.propagate = False  # counted, not printed
+    n = 50
+    via = [("GET", f"service://slow/{i}") for i in range(n)]
+    direct = [("GET", f"{slow.url}/{i}") for i in range(n)]
+    instant = [("GET", f"service://fast/{i}") for i in range(n)]
+    sessions = {size: Session(sidecar_url=proxy.url, pool_maxsize=size) for size in (10, 32, 64)}
+    default = sessions[64]
+    variants: dict[str, Callable[[], list[object]]] = {
+        "sequential via HAProxy": lambda: [default.get(url) for _method, url in via],
+        "Session.map via HAProxy": lambda: default.map(via, concurrency=n),
+        "Session.map direct to the backend": lambda: default.map(direct, concurrency=n),
+        "Session.map via HAProxy, pool_maxsize=32": lambda: sessions[32].map(via, concurrency=n),
+        "Session.map via HAProxy, pool_maxsize=10": lambda: sessions[10].map(via, concurrency=n),
+        "gather via HAProxy (threads started per call)": lambda: gather(
+            *[lambda url=url: default.get(url) for _method, url in via], concurrency=n
+        ),
+        "Session.map to a 0 ms backend (client CPU)": lambda: default.map(instant, concurrency=n),
+    }
+    for run_once in variants.values():  # warm up: connections, pools and threads
+        run_once()
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    thrown: dict[str, int] = dict.fromkeys(variants, 0)
+    rounds = 7
+    for _ in range(rounds):  # interleaved so that machine noise hits every variant alike
+        for name, run_once in variants.items():
+            before = discards.count
+            start = time.perf_counter()
+            results = run_once()
+            times[name].append(time.perf_counter() - start)
+            thrown[name] += discards.count - before
+            bad = [r for r in results if not isinstance(r, requests.Response) or not r.ok]
+            assert not bad, bad
+    med = {name: statistics.median(values) * 1000 for name, values in times.items()}
+    seq = med["sequential via HAProxy"]
+    print(f"== parallel: {n} calls to a 20 ms backend, concurrency {n} (median of {rounds}) ==")
+    print(f"{'':48} {'ms':>8} {'speed-up':>9} {'conns thrown away':>18}")
+    for name, value in med.items():
+        print(f"{name:48} {value:8.1f} {seq / value:8.1f}x {thrown[name] / rounds:18.0f}")
+    print(f"speed-up of Session.map: {seq / med['Session.map via HAProxy']:.1f}x  (goal >= 10)")
+    print(
+        f"  HAProxy hop: {med['Session.map via HAProxy'] - med['Session.map direct to the backend']:+.1f} ms;"
+        f" thread start-up: {med['gather via HAProxy (threads started per call)'] - med['Session.map via HAProxy']:+.1f} ms;"
+        f" pool of 10 instead of 64: {med['Session.map via HAProxy, pool_maxsize=10'] - med['Session.map via HAProxy']:+.1f} ms;"
+        f" client CPU for {n} calls: {med['Session.map to a 0 ms backend (client CPU)']:.1f} ms"
+        f" (no map of {n} beats the larger of 20 ms and that)"
+    )
+    for session in sessions.values():
+        session.close()
 
 
 if __name__ == "__main__":

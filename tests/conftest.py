@@ -54,8 +54,13 @@ def zk_hosts(zk_server: ZooKeeperServer, zk_chroot: str) -> str:
 
 @pytest.fixture(scope="session")
 def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
-    """A real moto server over HTTP (DynamoDB + KMS), shared by the session."""
-    server = MotoServer(Path(tmp_path_factory.mktemp("moto")))
+    """A real moto server over HTTP (DynamoDB + KMS), shared by the session.
+
+    Serialized (one request at a time), so it is linearizable like DynamoDB.
+    ATLAS_TEST_MOTO_MODE=stock runs stock `moto.server` instead, to show what fails there.
+    """
+    mode = os.environ.get("ATLAS_TEST_MOTO_MODE", "serialized")
+    server = MotoServer(Path(tmp_path_factory.mktemp("moto")), mode=mode)
     server.start()
     yield server
     server.stop()

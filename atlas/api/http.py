@@ -2,17 +2,72 @@
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import IO, Any, cast
 
-from flask import request
+from flask import Request, request
 from marshmallow import Schema, ValidationError
+from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.utils import cached_property
 
 from atlas.api.problems import flatten_errors
 from atlas.errors import BadRequest, PreconditionFailed, UnsupportedMediaType, ValidationFailed
 
 BODY_METHODS = {"POST", "PUT", "PATCH"}
+
+
+class CappedStream(io.RawIOBase):
+    """A body of unknown length: reads through, and raises 413 on byte `limit + 1`.
+
+    Never reads more than `limit + 1` bytes from the server, so an endless body costs at most
+    that much memory.
+    """
+
+    def __init__(self, stream: IO[bytes], limit: int) -> None:
+        self.stream = stream
+        self.limit = limit
+        self.consumed = 0
+
+    def readable(self) -> bool:
+        """A body is readable."""
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        """Read the next bytes of the body into `buffer`; 413 once the limit is passed."""
+        want = min(len(buffer), self.limit + 1 - self.consumed)
+        if want <= 0:
+            raise RequestEntityTooLarge()
+        data = self.stream.read(want)
+        self.consumed += len(data)
+        if self.consumed > self.limit:
+            raise RequestEntityTooLarge()
+        buffer[: len(data)] = data
+        return len(data)
+
+
+class BoundedRequest(Request):
+    """Flask's request, with the body limit enforced on the bytes read, whatever the framing.
+
+    werkzeug refuses a declared Content-Length over MAX_CONTENT_LENGTH, but a body without
+    one (Transfer-Encoding: chunked, which the server de-chunks and marks
+    `wsgi.input_terminated`) it cuts silently at the limit: the handler would see a truncated
+    body, often still valid JSON. Here such a body is counted as it is read and refused with
+    413 past the limit.
+    """
+
+    @cached_property
+    def stream(self) -> IO[bytes]:
+        """The body: werkzeug's for a declared length, else capped at max_content_length."""
+        limit = self.max_content_length
+        if (
+            limit is None
+            or self.content_length is not None
+            or "wsgi.input_terminated" not in self.environ
+        ):
+            return super().stream
+        return cast(IO[bytes], CappedStream(self.environ["wsgi.input"], limit))
 
 
 def _is_json(mimetype: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from marshmallow import (
@@ -31,9 +32,15 @@ from atlas.contract import (
 
 
 class StrictInteger(fields.Integer):
-    """An integer that refuses strings, floats and booleans."""
+    """An integer that refuses strings, booleans and fractions.
+
+    A JSON number with a zero fraction (`10.0`, `1e2`) is an integer, as JSON Schema (and so
+    openapi.yaml) reads it.
+    """
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.make_error("invalid")
         return int(super()._deserialize(value, attr, data, **kwargs))
@@ -206,27 +213,27 @@ class HostSchema(Schema):
     items = fields.List(fields.Nested(InstanceSchema))
 
 
+#: A cursor is opaque, but always the unpadded base64url of a JSON object (`{"` is `eyJ`).
+CURSOR_RE = re.compile(r"^eyJ[A-Za-z0-9_-]{1,2045}$")
+
+
+def _cursor() -> fields.String:
+    return fields.String(
+        validate=FullMatch(CURSOR_RE, error="Not a cursor Atlas issued (a next_cursor value).")
+    )
+
+
 class PageQuerySchema(StrictSchema):
     """Query string of a paginated list."""
 
     limit = fields.Integer(validate=validate.Range(1, 1000))
-    cursor = fields.String(validate=validate.Length(1, 2048))
+    cursor = _cursor()
 
 
 class DeleteQuerySchema(StrictSchema):
     """Query string of DELETE /v1/services/{name}."""
 
     cascade = fields.Boolean(load_default=False)
-
-
-class ProblemSchema(Schema):
-    """RFC 9457 problem details: the one error shape of the API."""
-
-    type = fields.String(required=True)
-    title = fields.String(required=True)
-    status = fields.Integer(required=True)
-    detail = fields.String(required=True)
-    errors = fields.Dict(keys=fields.String(), values=fields.List(fields.String()))
 
 
 class ConfigPutSchema(StrictSchema):
@@ -248,13 +255,6 @@ class ConfigEntrySchema(Schema):
     created_at = fields.String()
     updated_at = fields.String()
     updated_by = fields.String()
-
-
-class ConfigEntryPageSchema(Schema):
-    """A page of a key's versions."""
-
-    items = fields.List(fields.Nested(ConfigEntrySchema))
-    next_cursor = fields.String(allow_none=True)
 
 
 class ConfigEntryQuerySchema(StrictSchema):
@@ -284,7 +284,7 @@ class AuditQuerySchema(StrictSchema):
 
     service = fields.String(validate=FullMatch(SERVICE_NAME_RE))
     limit = fields.Integer(validate=validate.Range(1, 1000))
-    cursor = fields.String(validate=validate.Length(1, 2048))
+    cursor = _cursor()
 
 
 class AuditRecordSchema(Schema):

@@ -1,31 +1,46 @@
-"""Transport adapters: ``service://`` through the local sidecar, request ids on plain http(s)."""
+"""Transport adapters: ``service://`` through the local sidecar, request ids on plain http(s).
+
+Stands in for ``requests.adapters``: its other names (``HTTPAdapter``,
+``BaseAdapter``, ``DEFAULT_POOLSIZE``, ...) are answered from requests' module.
+"""
 
 from __future__ import annotations
 
 import os
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
-from requests.adapters import HTTPAdapter
+import requests.adapters
+from requests.adapters import HTTPAdapter as HTTPAdapter
 from requests.models import PreparedRequest, Response
 from urllib3.exceptions import ReadTimeoutError
 from urllib3.util.retry import Retry
+from urllib3.util.timeout import Timeout
 
+from atlas.client._shadow import shadow
 from atlas.client.errors import InvalidServiceName, InvalidServiceURL
 from atlas.client.request_id import DEFAULT_HEADER as DEFAULT_REQUEST_ID_HEADER
 from atlas.client.request_id import outgoing_request_id
-from atlas.client.retry import IDEMPOTENT_METHODS, NO_RETRY, AtlasRetry, as_retry
+from atlas.client.retry import (
+    IDEMPOTENT_METHODS,
+    NO_RETRY,
+    AtlasRetry,
+    DeadlineTimeout,
+    as_retry,
+    timeout_total,
+)
 from atlas.contract import SERVICE_NAME_RE, is_service_name
 
 SERVICE_SCHEME = "service://"
 DEFAULT_SIDECAR_URL = "http://127.0.0.1:4000"
 DEFAULT_SERVICE_HEADER = "Atlas-Service"
 IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
-#: (connect, read) seconds for service:// calls when the caller gives none.
-DEFAULT_TIMEOUT: tuple[float, float] = (2.0, 30.0)
+#: (connect, read) seconds for every call whose caller gives none (or ``timeout=None``).
+#: 3.05 s lets a connect survive two lost SYNs; ``timeout=(None, None)`` waits forever.
+DEFAULT_TIMEOUT: tuple[float, float] = (3.05, 30.0)
 
 TimeoutArg = float | tuple[float | None, float | None] | None
 
@@ -78,13 +93,44 @@ def parse_service_url(url: str | bytes) -> tuple[str, str]:
 
 
 class RequestIdAdapter(HTTPAdapter):
-    """requests' HTTPAdapter that also sets the request id header when the caller did not."""
+    """requests' HTTPAdapter that sets the request id header and a default timeout.
 
-    __attrs__ = [*HTTPAdapter.__attrs__, "request_id_header"]
+    A call without a timeout (requests cannot tell that from ``timeout=None``)
+    gets ``timeout``; ``timeout=(None, None)`` still means no timeout at all.
+    """
 
-    def __init__(self, request_id_header: str = DEFAULT_REQUEST_ID_HEADER, **kwargs: Any) -> None:
+    __attrs__ = [*HTTPAdapter.__attrs__, "request_id_header", "timeout"]
+
+    def __init__(
+        self,
+        request_id_header: str = DEFAULT_REQUEST_ID_HEADER,
+        *,
+        timeout: TimeoutArg = DEFAULT_TIMEOUT,
+        **kwargs: Any,
+    ) -> None:
         self.request_id_header = request_id_header
+        self.timeout = timeout
         super().__init__(**kwargs)
+
+    def send(
+        self,
+        request: PreparedRequest,
+        stream: bool = False,
+        timeout: Any = None,
+        verify: bool | str = True,
+        cert: Any = None,
+        proxies: Any = None,
+    ) -> Response:
+        """Send like requests' HTTPAdapter, with ``self.timeout`` when the call gives none."""
+        effective: Any = self.timeout if timeout is None else timeout
+        return super().send(
+            request,
+            stream=stream,
+            timeout=effective,
+            verify=verify,
+            cert=cert,
+            proxies=proxies,
+        )
 
     def stamp(self, request: PreparedRequest) -> None:
         """Give ``request`` a request id header (the bound id, or a new one) unless it has one."""
@@ -102,13 +148,15 @@ class ServiceAdapter(RequestIdAdapter):
     Mounted on ``service://``. Idempotent methods are retried with an
     ``AtlasRetry``; POST/PATCH only when the call opts in (``idempotent=True``
     or an ``Idempotency-Key`` header). Calls without a timeout get ``timeout``.
+    A call that gives a timeout ends within it, retries included: the retry
+    budget is cut to connect + read seconds, and each attempt's timeouts to
+    what is left of that.
     """
 
     __attrs__ = [
         *RequestIdAdapter.__attrs__,
         "sidecar_url",
         "service_header",
-        "timeout",
     ]
 
     def __init__(
@@ -130,7 +178,6 @@ class ServiceAdapter(RequestIdAdapter):
         self.service_header = (
             service_header or os.environ.get("ATLAS_SERVICE_HEADER") or DEFAULT_SERVICE_HEADER
         )
-        self.timeout = timeout
         if retries is None:
             retry: Retry = AtlasRetry()
         elif isinstance(retries, Retry):
@@ -139,6 +186,7 @@ class ServiceAdapter(RequestIdAdapter):
             retry = AtlasRetry(retries)
         super().__init__(
             request_id_header,
+            timeout=timeout,
             pool_connections=pool_connections,
             pool_maxsize=pool_maxsize,
             max_retries=retry,
@@ -159,8 +207,11 @@ class ServiceAdapter(RequestIdAdapter):
     def max_retries(self, value: Retry | int | None) -> None:
         self.default_retry = Retry.from_int(value)
 
-    def retry_for(self, request: PreparedRequest) -> Retry:
-        """The Retry for one request: per-call options, method idempotency, opt-ins."""
+    def retry_for(self, request: PreparedRequest, limit: float | None = None) -> Retry:
+        """The Retry for one request: per-call options, method idempotency, opt-ins.
+
+        ``limit`` (seconds) cuts an AtlasRetry's budget for this request.
+        """
         options = call_options.get() or CallOptions()
         method = (request.method or "GET").upper()
         if options.idempotent is False:
@@ -177,7 +228,7 @@ class ServiceAdapter(RequestIdAdapter):
             elif retry.allowed_methods is not None and method not in retry.allowed_methods:
                 retry = retry.new(allowed_methods=frozenset(retry.allowed_methods) | {method})
         if isinstance(retry, AtlasRetry):
-            retry = retry.start()
+            retry = retry.start(limit)
         return retry
 
     def send(
@@ -197,7 +248,15 @@ class ServiceAdapter(RequestIdAdapter):
         outgoing.url = self.sidecar_url + target
         outgoing.headers[self.service_header] = service
         effective_timeout: Any = self.timeout if timeout is None else timeout
-        token = _sending.set((self, self.retry_for(request)))
+        total = None if timeout is None else timeout_total(timeout)
+        retry = self.retry_for(request, limit=total)
+        if total is not None and isinstance(retry, AtlasRetry):
+            # The caller's timeout bounds the whole call: cut every attempt to it.
+            connect, read = _connect_read(effective_timeout)
+            effective_timeout = DeadlineTimeout(
+                connect, read, deadline=retry.clock() + total, clock=retry.clock
+            )
+        token = _sending.set((self, retry))
         try:
             # proxies=None: the sidecar is on loopback and must never be proxied.
             response = super().send(
@@ -229,3 +288,22 @@ class ServiceAdapter(RequestIdAdapter):
                 path = absolute[len(self.sidecar_url) :] or "/"
                 response.headers["Location"] = f"{SERVICE_SCHEME}{service}{path}"
         return response
+
+
+def _connect_read(timeout: Any) -> tuple[Any, Any]:
+    """(connect, read) of a requests ``timeout`` (a number, a pair or a urllib3 Timeout)."""
+    if isinstance(timeout, Timeout):
+        return timeout._connect, timeout._read
+    if isinstance(timeout, tuple):
+        connect, read = timeout
+        return connect, read
+    return timeout, timeout
+
+
+if TYPE_CHECKING:
+
+    def __getattr__(name: str) -> Any:
+        """For type checkers: requests.adapters' other names are answered at run time."""
+
+
+shadow(__name__, requests.adapters)

@@ -46,7 +46,7 @@ CACHE_FORMAT = 1
 __all__ = [
     "ConfigLoadError",
     "MissingSettings",
-    "Settings",
+    "ServiceSettings",
     "Watcher",
     "init_app",
     "load",
@@ -70,7 +70,7 @@ class MissingSettings(ConfigLoadError):
         )
 
 
-class Settings(Mapping[str, Any]):
+class ServiceSettings(Mapping[str, Any]):
     """Read-only settings: mapping and attribute access, plus where they came from."""
 
     def __init__(
@@ -110,7 +110,7 @@ class Settings(Mapping[str, Any]):
     def __repr__(self) -> str:
         # Never the values: some are secrets.
         return (
-            f"<Settings service={self.service!r} realm={self.realm!r} version={self.version} "
+            f"<ServiceSettings service={self.service!r} realm={self.realm!r} version={self.version} "
             f"source={self.source!r} keys={sorted(self._values)}>"
         )
 
@@ -263,7 +263,7 @@ def load(
     cache_dir: str | Path | None = None,
     cache_key: str | None = None,
     session: requests.Session | None = None,
-) -> Settings:
+) -> ServiceSettings:
     """Defaults overridden by Atlas's values for the realm; the last-known-good copy if Atlas
     cannot be reached within `timeout`; raise ConfigLoadError / MissingSettings otherwise."""
     url = atlas_url or os.environ.get("ATLAS_URL") or DEFAULT_URL
@@ -301,7 +301,7 @@ def load(
             "(realm %s, version %s) from %s, %s old (fetched %s)",
             reason, service, meta["realm"], meta["version"], cache.path, _human(age), fetched,
         )  # fmt: skip
-        settings = Settings(
+        settings = ServiceSettings(
             {**base, **values},
             service=service,
             realm=str(meta["realm"]),
@@ -322,7 +322,7 @@ def load(
             log.warning("could not keep a last-known-good copy at %s: %s", cache.path, exc)
         if aead is None:
             log.info("ATLAS_CONFIG_CACHE_KEY is not set: no last-known-good copy is kept")
-        settings = Settings(
+        settings = ServiceSettings(
             {**base, **values},
             service=service,
             realm=doc["realm"],
@@ -364,9 +364,9 @@ class Watcher:
 
 def watch(
     service: str,
-    callback: Callable[[Settings], None],
+    callback: Callable[[ServiceSettings], None],
     *,
-    current: Settings | None = None,
+    current: ServiceSettings | None = None,
     interval: float = 5.0,
     zk_hosts: str | None = None,
     **load_kwargs: Any,
@@ -438,7 +438,7 @@ def init_app(
     service: str,
     defaults: ModuleType | Mapping[str, Any] | None = None,
     **load_kwargs: Any,
-) -> Settings:
+) -> ServiceSettings:
     """Fill app.config with the service's settings (app.config's own values are the defaults
     unless `defaults` is given) and set app.realm."""
     base = defaults_of(defaults) if defaults is not None else defaults_of(dict(app.config))

@@ -9,9 +9,10 @@ from types import TracebackType
 from typing import Any, Self
 
 from urllib3.connectionpool import ConnectionPool
-from urllib3.exceptions import MaxRetryError, ResponseError
+from urllib3.exceptions import MaxRetryError, ReadTimeoutError, ResponseError
 from urllib3.response import BaseHTTPResponse
 from urllib3.util.retry import Retry
+from urllib3.util.timeout import _DEFAULT_TIMEOUT, Timeout
 
 #: Methods that are safe to repeat (RFC 9110 idempotent methods, TRACE left out).
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
@@ -26,6 +27,16 @@ class AtlasRetry(Retry):
     Retry-After wait is taken, past ``budget`` seconds after the call started.
     A Retry-After longer than what is left of the budget ends the retries at once
     (the caller gets the 503) instead of sleeping into a certain failure.
+
+    A read timeout is not retried unless ``retry_read_timeouts=True``: the
+    request reached a backend that is slow, and sending it again doubles the
+    load on a service that is already behind while spending the caller's time.
+    Other read errors (a keep-alive connection closed by a reloading HAProxy, a
+    reset) are retried for idempotent methods, as before.
+
+    ``bounded`` (set by ``start(limit)`` when the caller gave a timeout): the
+    budget bounds the attempts too, so no retry starts whose wait would use up
+    what is left of it.
     """
 
     # 413 + Retry-After is a client problem; retrying it is never useful.
@@ -46,6 +57,8 @@ class AtlasRetry(Retry):
         backoff_max: float = 2.0,
         backoff_jitter: float = 0.05,
         raise_on_status: bool = False,
+        retry_read_timeouts: bool = False,
+        bounded: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -59,7 +72,9 @@ class AtlasRetry(Retry):
             **kwargs,
         )
         self.budget = budget
+        self.retry_read_timeouts = retry_read_timeouts
         self.deadline = deadline
+        self.bounded = bounded
         self.clock = clock
         self.wall_clock = wall_clock
         self.sleeper = sleeper
@@ -67,16 +82,23 @@ class AtlasRetry(Retry):
     def new(self, **kw: Any) -> Self:
         """Return a copy with some parameters changed (keeps budget, deadline, clocks)."""
         kw.setdefault("budget", self.budget)
+        kw.setdefault("retry_read_timeouts", self.retry_read_timeouts)
         kw.setdefault("deadline", self.deadline)
+        kw.setdefault("bounded", self.bounded)
         kw.setdefault("clock", self.clock)
         kw.setdefault("wall_clock", self.wall_clock)
         kw.setdefault("sleeper", self.sleeper)
         return super().new(**kw)
 
-    def start(self) -> Self:
-        """Return a copy whose budget starts now (called once per request)."""
-        deadline = None if self.budget is None else self.clock() + self.budget
-        return self.new(deadline=deadline, history=())
+    def start(self, limit: float | None = None) -> Self:
+        """Return a copy whose budget starts now (once per request), cut to ``limit`` seconds.
+
+        With a ``limit`` (the caller's timeout) the budget bounds the attempts
+        too, so no retry starts whose backoff would use up what is left.
+        """
+        budgets = [b for b in (self.budget, limit) if b is not None]
+        deadline = self.clock() + min(budgets) if budgets else None
+        return self.new(deadline=deadline, history=(), bounded=limit is not None)
 
     def remaining(self) -> float | None:
         """Seconds left in the budget, or None when there is no budget."""
@@ -100,6 +122,8 @@ class AtlasRetry(Retry):
         _stacktrace: TracebackType | None = None,
     ) -> Self:
         """Count one failure; raise MaxRetryError when retries or the time budget are used up."""
+        if isinstance(error, ReadTimeoutError) and not self.retry_read_timeouts:
+            raise error  # as urllib3 does for a read error it may not retry
         current = self
         if self.deadline is None and self.budget is not None:
             # Used without start(): count the budget from the first failure.
@@ -111,9 +135,13 @@ class AtlasRetry(Retry):
         wait = 0.0
         if response is not None and self.respect_retry_after_header:
             wait = new.get_retry_after(response) or 0.0
-        if left <= 0 or wait > left:
+        if self.bounded and not wait:
+            # The next attempt must have time left after its backoff, or it would
+            # only time out: the caller gets this failure now instead.
+            wait = new.get_backoff_time()
+        if left <= 0 or wait > left or (self.bounded and wait >= left):
             reason = error or ResponseError(
-                f"retry budget of {self.budget}s exhausted"
+                "retry budget exhausted"
                 + (f" (last status {response.status})" if response is not None else "")
             )
             raise MaxRetryError(_pool, url or "", reason) from reason  # type: ignore[arg-type]
@@ -151,6 +179,65 @@ class AtlasRetry(Retry):
 
     def __repr__(self) -> str:
         return f"{super().__repr__()[:-1]}, budget={self.budget})"
+
+
+class DeadlineTimeout(Timeout):
+    """urllib3 Timeout whose connect and read timeouts never run past a deadline.
+
+    urllib3 hands the same Timeout to every retry of a call; this one cuts each
+    attempt's connect and read timeouts to what is left until ``deadline`` (read
+    on ``clock``), so the retry budget bounds the whole call, attempts included.
+    """
+
+    def __init__(
+        self,
+        connect: Any,
+        read: Any,
+        *,
+        deadline: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(connect=connect, read=read)
+        self.deadline = deadline
+        self.clock = clock
+
+    def clone(self) -> DeadlineTimeout:
+        """A fresh copy for one attempt (urllib3 clones the Timeout per attempt)."""
+        return DeadlineTimeout(self._connect, self._read, deadline=self.deadline, clock=self.clock)
+
+    @staticmethod
+    def _left_alone(value: Any) -> float | None:
+        return None if value is _DEFAULT_TIMEOUT else value
+
+    def _cut(self, seconds: float | None) -> float:
+        # Never 0 for connect: a socket timeout of 0 means non-blocking, not "expired".
+        left = max(self.deadline - self.clock(), 0.001)
+        return left if seconds is None else min(seconds, left)
+
+    @property
+    def connect_timeout(self) -> float:
+        """The connect timeout, cut to what is left of the deadline."""
+        return self._cut(self._left_alone(super().connect_timeout))
+
+    @property
+    def read_timeout(self) -> float:
+        """The read timeout, cut to what is left of the deadline."""
+        return self._cut(self._left_alone(super().read_timeout))
+
+
+def timeout_total(timeout: Any) -> float | None:
+    """Longest one attempt may take with a requests ``timeout`` (connect + read), or None."""
+    if isinstance(timeout, Timeout):
+        if isinstance(timeout.total, int | float):
+            return float(timeout.total)
+        connect, read = timeout._connect, timeout._read
+    elif isinstance(timeout, tuple):
+        connect, read = timeout
+    else:
+        connect = read = timeout
+    if isinstance(connect, int | float) and isinstance(read, int | float):
+        return float(connect) + float(read)
+    return None
 
 
 #: What requests uses by default: no retry at all (a read error is re-raised).

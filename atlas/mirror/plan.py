@@ -38,7 +38,7 @@ class Plan:
         return sum(1 for o in self.ops if o.kind == "delete")
 
 
-def plan(desired: Mapping[str, bytes], actual: Mapping[str, tuple[bytes, int]]) -> Plan:
+def diff_subtree(desired: Mapping[str, bytes], actual: Mapping[str, tuple[bytes, int]]) -> Plan:
     """Diff two views of a subtree: deletes deepest first, then sets, then creates shallowest first."""
     deletes = [
         Op("delete", path, version=ver) for path, (_, ver) in actual.items() if path not in desired

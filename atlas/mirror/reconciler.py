@@ -1,4 +1,4 @@
-"""The reconciler: one leader per realm (kazoo Election) compares DynamoDB with ZooKeeper."""
+"""The reconciler: one leader per realm (a kazoo Lock) compares DynamoDB with ZooKeeper."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 
 from kazoo.client import KazooClient
+from kazoo.exceptions import CancelledError, LockTimeout
+from kazoo.recipe.lock import Lock
 
 from atlas.errors import AtlasError
 from atlas.mirror.zk import ZK_ERRORS, MirrorConflict, ZkMirror
@@ -19,7 +21,13 @@ log = logging.getLogger(__name__)
 
 
 class Reconciler:
-    """Runs `mirror.reconcile()` while this process leads: at election, on reconnect, periodically."""
+    """Runs `mirror.reconcile()` while this process leads: at election, on every new session,
+    periodically.
+
+    Leadership is kazoo's Lock recipe (what its Election wraps), acquired with a bounded wait
+    so that a contender whose client was replaced (a wiped server, an expired session) never
+    stays blocked on the old one: it contends again on the mirror's current client.
+    """
 
     def __init__(
         self,
@@ -27,58 +35,78 @@ class Reconciler:
         interval: float = 60.0,
         identifier: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        contend_s: float = 5.0,
     ) -> None:
         self.mirror = mirror
         self.interval = interval
         self.identifier = identifier or f"{socket.gethostname()}:{os.getpid()}"
         self.clock = clock
+        self.contend_s = contend_s
         self._stopped = threading.Event()
         self._kick = threading.Event()
         self._thread: threading.Thread | None = None
-        self._election: object | None = None
-        mirror.on_connect.append(self.trigger)
+        # The contender in progress, and the client it contends on (set by our thread only).
+        self._lock: Lock | None = None
+        self._lock_client: KazooClient | None = None
+        mirror.add_connect_listener(self._on_connect)
 
     def start(self) -> None:
-        """Contend for leadership in a background thread."""
+        """Contend for leadership in a background thread. Not thread-safe; call once."""
         self._thread = threading.Thread(target=self._run, name="atlas-reconciler", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop contending (and leading)."""
+        """Stop contending (and leading). Not thread-safe; call once."""
         self._stopped.set()
         self._kick.set()
-        election = self._election
-        if election is not None:
-            with contextlib.suppress(*ZK_ERRORS):
-                election.cancel()  # type: ignore[attr-defined]
+        lock = self._lock
+        if lock is not None:
+            lock.cancel()
         if self._thread is not None:
             self._thread.join(timeout=10)
 
     def trigger(self) -> None:
-        """Ask the leader (if this process is it) to reconcile now."""
+        """Ask the leader (if this process is it) to reconcile now. Thread-safe."""
         self._kick.set()
+
+    def _on_connect(self) -> None:
+        # On the mirror's owner thread, for every new session: reconcile now (a wiped or
+        # restarted server needs it), and stop waiting on a client that was replaced.
+        self._kick.set()
+        lock = self._lock
+        if lock is not None and self._lock_client is not self.mirror.client:
+            lock.cancel()
 
     def _run(self) -> None:
         while not self._stopped.is_set():
             if not self.mirror.connected:
-                self._stopped.wait(0.2)
+                self._stopped.wait(0.1)
                 continue
             client = self.mirror.client
+            lock = self._lock
+            if lock is None or self._lock_client is not client or lock.cancelled:
+                # One contender per client: its predecessor watch is registered once, however
+                # many bounded waits it takes.
+                lock = client.Lock(self.mirror.layout.election, self.identifier)
+                self._lock, self._lock_client = lock, client
             try:
-                election = client.Election(self.mirror.layout.election, self.identifier)
-                self._election = election
-                election.run(self._lead, client)
+                if lock.acquire(timeout=self.contend_s):
+                    try:
+                        self._lead(client)
+                    finally:
+                        with contextlib.suppress(*ZK_ERRORS):
+                            lock.release()
+            except (LockTimeout, CancelledError):
+                continue  # someone else leads, or our client was replaced: contend again
             except ZK_ERRORS as exc:
-                log.info("reconciler election interrupted: %r", exc)
-                self._stopped.wait(0.5)
+                log.info("reconciler contention interrupted: %r", exc)
+                self._stopped.wait(0.2)
             except Exception:  # the thread must outlive any single failure
                 log.exception("reconciler error; contending again shortly")
                 self._stopped.wait(1.0)
-            finally:
-                self.mirror.leader = False
 
     def _still_leading(self, client: KazooClient, session: int | None) -> bool:
-        # A new session (the old one expired) means our election node is gone: step down.
+        # A new session (the old one expired) means our lock node is gone: step down.
         return (
             not self._stopped.is_set()
             and self.mirror.connected
@@ -88,22 +116,25 @@ class Reconciler:
 
     def _lead(self, client: KazooClient) -> None:
         session = _session_id(client)
-        self.mirror.leader = True
+        self.mirror.set_leader(True)
         log.info("this process (%s) now leads reconciliation", self.identifier)
-        next_run = 0.0
-        while self._still_leading(client, session):
-            if self._kick.is_set() or self.clock() >= next_run:
-                self._kick.clear()
-                try:
-                    self.mirror.reconcile()
-                    next_run = self.clock() + self.interval
-                except (*ZK_ERRORS, MirrorConflict, AtlasError) as exc:
-                    log.warning("reconcile failed, retrying soon: %r", exc)
-                    next_run = self.clock() + min(self.interval, 1.0)
-                except Exception:
-                    log.exception("reconcile crashed, retrying soon")
-                    next_run = self.clock() + min(self.interval, 5.0)
-            self._kick.wait(timeout=0.25)
+        try:
+            next_run = 0.0
+            while self._still_leading(client, session):
+                if self._kick.is_set() or self.clock() >= next_run:
+                    self._kick.clear()
+                    try:
+                        self.mirror.reconcile()
+                        next_run = self.clock() + self.interval
+                    except (*ZK_ERRORS, MirrorConflict, AtlasError) as exc:
+                        log.warning("reconcile failed, retrying soon: %r", exc)
+                        next_run = self.clock() + min(self.interval, 1.0)
+                    except Exception:
+                        log.exception("reconcile crashed, retrying soon")
+                        next_run = self.clock() + min(self.interval, 5.0)
+                self._kick.wait(timeout=0.25)
+        finally:
+            self.mirror.set_leader(False)
 
 
 def _session_id(client: KazooClient) -> int | None:

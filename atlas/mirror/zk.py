@@ -1,19 +1,43 @@
-"""The ZooKeeper mirror: per-key CAS sync on the write path, a dirty-set pump, and a client watchdog.
+"""The ZooKeeper mirror: group-committed CAS on the write path, a pump thread, a client watchdog.
 
-Correctness does not depend on the order in which concurrent writers reach ZooKeeper: every
-sync reads the znodes first (remembering their ZooKeeper versions), then reads the truth from
-DynamoDB, then writes with compare-and-set on those versions in one transaction. A writer whose
-view went stale loses the CAS and retries from a fresh read, so the last sync to commit always
-carries a DynamoDB state read after every earlier commit.
+Correctness does not depend on the order in which concurrent writers reach ZooKeeper. Every
+mirror commit of a service checks and bumps the service's guard node in the same transaction.
+A writer reads the guard's version before its DynamoDB write; its change may commit only if no
+commit since then touched its instance (the guard's data says which instances each recent
+commit touched, see `atlas.mirror.guard`); otherwise it re-reads the truth and posts again. A
+whole-service sync reads the guard first, then DynamoDB, then commits with CAS on what it read.
+So the last commit to touch a node always carries a DynamoDB state written or read after every
+earlier commit's, and no older state is ever left behind by racing writers, in one process or
+many.
+
+Threads (kazoo's TreeCache pattern: one thread owns the state, the others post to it):
+
+- the owner thread (`atlas-mirror`) owns every piece of mutable state of a ZkMirror: the
+  client (it alone replaces it), the counters, the dirty marks, the leader flag, the last
+  reconcile, the published status. It also commits every instance change: request threads post
+  "instance X of service S changed (record, guard version read before the write)" and wait;
+  the owner batches what is queued per service into one multi with one guard check+bump;
+- the pump thread (`atlas-mirror-pump`) re-syncs services whose mirror write failed, and
+  probes a ZooKeeper that refuses our client (a server restarted with a wiped data dir);
+- request threads and the reconciler read ZooKeeper and DynamoDB themselves and commit
+  whole-service syncs directly (the guard makes that safe); they post what they counted.
+
+Each public method says whether it is thread-safe.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import enum
+import functools
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -33,8 +57,9 @@ from kazoo.retry import KazooRetry
 
 from atlas.contract import Layout
 from atlas.errors import AtlasError
-from atlas.mirror.payloads import desired_tree, dumps, instance_payload
-from atlas.mirror.plan import Op, Plan, plan
+from atlas.mirror.batch import Change, plan_batch
+from atlas.mirror.payloads import desired_tree
+from atlas.mirror.plan import Op, Plan, diff_subtree
 from atlas.registry.records import Instance, Service
 
 log = logging.getLogger(__name__)
@@ -42,6 +67,10 @@ log = logging.getLogger(__name__)
 MAX_CAS_RETRIES = 8
 CONFLICTS = (BadVersionError, NodeExistsError, NoNodeError, NotEmptyError)
 ZK_ERRORS = (KazooException, ZookeeperError, KazooTimeoutError, TimeoutError, OSError)
+PROBE_AFTER_S = 0.5  # disconnected this long: ask a fresh client whether the server is up
+PROBE_EVERY_S = 1.0
+PROBE_START_S = 3.0
+CONTENDED_S = 1.0  # after losing a multi to another process, read before committing this long
 
 
 def _iso(ts: float) -> str:
@@ -52,7 +81,7 @@ class MirrorConflict(Exception):
     """A CAS lost a race; the caller re-reads and tries again."""
 
 
-class Source(Protocol):
+class TruthSource(Protocol):
     """What the mirror reads from the truth (implemented by atlas.registry.Registry)."""
 
     def find_service(self, name: str) -> Service | None:
@@ -67,9 +96,6 @@ class Source(Protocol):
     def scan_services(self) -> list[Service]:
         """Every service."""
 
-    def scan_instances(self) -> dict[str, list[Instance]]:
-        """Every instance, by service."""
-
     def iter_instances(self) -> Iterator[Instance]:
         """Every instance, streamed in scan order."""
 
@@ -79,9 +105,51 @@ def make_client(hosts: str, timeout: float) -> KazooClient:
     return KazooClient(
         hosts=hosts,
         timeout=timeout,
-        connection_retry=KazooRetry(max_tries=-1, delay=0.1, backoff=1.5, max_delay=1.0),
+        connection_retry=KazooRetry(max_tries=-1, delay=0.1, backoff=1.5, max_delay=0.5),
         command_retry=KazooRetry(max_tries=2, delay=0.05, backoff=2, max_delay=0.5),
     )
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What `prepare_instance` read before the DynamoDB write, in one round trip: on which
+    client, the service's guard (data, version), its service node (data, version, children)
+    and the instance node (data, version; None when absent)."""
+
+    client: KazooClient
+    guard_version: int
+    guard_data: bytes
+    parent: tuple[bytes, int, int]
+    node: tuple[bytes, int] | None
+
+
+@dataclass(frozen=True)
+class Synced:
+    """A committed whole-service sync: what it changed, and the zxid that published it."""
+
+    plan: Plan
+    zxid: int
+
+
+class _Outcome(enum.Enum):
+    COMMITTED = "committed"  # published at the zxid given
+    STALE = "stale"  # a commit touched the instance after the pre-read: re-read the truth
+    RESYNC = "resync"  # the service needs a whole-service sync
+    DEFERRED = "deferred"  # not mirrored now; marked dirty for the pump thread
+
+
+@dataclass
+class _Posted:
+    """An instance change waiting in the owner's queue for its group commit."""
+
+    service: str
+    change: Change
+    prepared: Prepared
+    reply: Future[tuple[_Outcome, int | None]] = field(default_factory=Future)
+    conflicts: int = 0
+
+
+_STOP = object()
 
 
 class ZkMirror:
@@ -95,242 +163,563 @@ class ZkMirror:
         client_factory: Callable[[str, float], KazooClient] = make_client,
         clock: Callable[[], float] = time.time,
         recreate_after: float | None = None,
+        probe_factory: Callable[[str], KazooClient] | None = None,
     ) -> None:
         self.hosts = hosts
         self.layout = Layout(realm)
         self.timeout = timeout
         self.client_factory = client_factory
+        self.probe_factory = probe_factory or make_probe_client
         self.clock = clock
         # A server restarted with a wiped data dir refuses a client that has seen a newer zxid,
-        # forever; only a fresh client gets in. So a client that cannot connect is replaced.
+        # forever; only a fresh client gets in. The pump thread's probe finds that out within
+        # a second; as a backstop, a client that cannot connect for this long is replaced.
         self.recreate_after = recreate_after if recreate_after is not None else 2 * timeout
-        self.source: Source | None = None
-        self.client: KazooClient = client_factory(hosts, timeout)
-        self._lock = threading.RLock()
-        self._wake = threading.Event()
+        self.source: TruthSource | None = None
+        self._tasks: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._stopped = threading.Event()
+        self._pump_wake = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._owner: threading.Thread | None = None
+        self._started = False
+        self._connect_listeners: list[Callable[[], None]] = []  # the owner's
+        # Owned by the owner thread from here on.
+        self._client: KazooClient = client_factory(hosts, timeout)
+        self._listener = self._listen_to(self._client)
+        self._pending: dict[str, list[_Posted]] = {}
+        # service -> (client, guard version) of our last group commit to it
+        self._guard_seen: dict[str, tuple[KazooClient, int]] = {}
+        # service -> until when other writers' commits make our pre-reads a poor bet
+        self._contended: dict[str, float] = {}
         # service -> generation of its latest failed mirror write; a sync clears a mark only
         # if no newer failure re-marked it meanwhile.
-        self.dirty: dict[str, int] = {}
+        self._dirty: dict[str, int] = {}
         self._dirty_gen = 0
         self._disconnected_since: float | None = clock()
-        self._ensured_roots = False
-        self._started = False
-        self.counters: dict[str, int] = {
+        self._counters: dict[str, int] = {
             "syncs": 0,
             "sync_failures": 0,
             "cas_retries": 0,
+            "stale_retries": 0,
+            "group_commits": 0,
+            "grouped_changes": 0,
             "client_recreated": 0,
+            "client_refused": 0,
             "reconciles": 0,
             "drift_found_total": 0,
             "drift_fixed_total": 0,
         }
-        self.last_reconcile: dict[str, Any] | None = None
-        self.leader = False
-        self.last_error: str | None = None
-        self.on_connect: list[Callable[[], None]] = []
-        self.client.add_listener(self._on_state)
+        self._last_reconcile: dict[str, Any] | None = None
+        self._leader = False
+        self._last_error: str | None = None
+        self._published: dict[str, Any] = {}
+        self._publish()
 
     # ----------------------------------------------------------------- wiring
 
-    def bind(self, source: Source) -> None:
-        """Give the mirror the truth it mirrors (the registry)."""
+    def bind(self, source: TruthSource) -> None:
+        """Give the mirror the truth it mirrors (the registry). Not thread-safe: before start."""
         self.source = source
 
+    def add_connect_listener(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (on the owner thread; it must not block) whenever a session is
+        established. Thread-safe (posts to the owner), before or after start."""
+        self._in_owner(functools.partial(self._connect_listeners.append, callback))
+
     def start(self, background: bool = True) -> None:
-        """Connect (without blocking on it) and start the pump and watchdog threads."""
+        """Connect (without blocking on it) and start the owner and pump threads.
+
+        Not thread-safe; call once, after any fork. `background=False` starts no threads (tests
+        then drive the owner's loop with `run_once`).
+        """
+        if self._started:
+            return
         self._started = True
-        self.client.start_async()
+        self._client.start_async()
         if background:
-            t = threading.Thread(target=self._pump, name="atlas-mirror-pump", daemon=True)
-            t.start()
-            self._threads.append(t)
+            self._owner = threading.Thread(target=self._own, name="atlas-mirror", daemon=True)
+            pump = threading.Thread(target=self._pump, name="atlas-mirror-pump", daemon=True)
+            self._threads = [self._owner, pump]
+            for t in self._threads:
+                t.start()
 
     def connect(self, timeout: float = 15.0) -> None:
-        """Block until connected (for one-shot tools and tests)."""
+        """Start if needed and block until connected (one-shot tools and tests). Not thread-safe."""
+        self.start()
         deadline = time.monotonic() + timeout
-        if not self._started:
-            self._started = True
-            self.client.start_async()
-        while self.client.state != KazooState.CONNECTED:
+        while not self.connected:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no ZooKeeper session with {self.hosts} in {timeout}s")
             time.sleep(0.05)
 
     def stop(self) -> None:
-        """Stop threads and close the session."""
-        self._stopped.set()
-        self._wake.set()
-        for t in self._threads:
-            t.join(timeout=5)
-        with self._lock:
-            try:
-                self.client.stop()
-                self.client.close()
-            except ZK_ERRORS:
-                pass
+        """Stop the threads (changes still queued are deferred) and close the session.
 
-    def _on_state(self, state: str) -> None:
-        if state == KazooState.CONNECTED:
-            self._disconnected_since = None
-            self._ensured_roots = False
-            self._wake.set()
-            for callback in self.on_connect:
-                callback()
-        elif self._disconnected_since is None:
-            self._disconnected_since = self.clock()
+        Not thread-safe; call once.
+        """
+        self._stopped.set()
+        self._pump_wake.set()
+        for t in self._threads[1:]:  # the pump thread first: it may still post a client
+            t.join(timeout=10)
+        self._tasks.put(_STOP)
+        if self._owner is not None:
+            self._owner.join(timeout=10)
+        if self._owner is None or not self._owner.is_alive():
+            _close_quietly(self._client)
+
+    @property
+    def client(self) -> KazooClient:
+        """The current kazoo client (the owner thread replaces it). Thread-safe to read."""
+        return self._client
 
     @property
     def connected(self) -> bool:
-        """True while the session is usable."""
-        return bool(self.client.state == KazooState.CONNECTED)
+        """True while the current session is usable. Thread-safe."""
+        return bool(self._client.state == KazooState.CONNECTED)
 
-    def _recreate_client(self) -> None:
-        with self._lock:
-            old = self.client
-            log.warning(
-                "ZooKeeper session unusable for %.1fs; creating a new client", self.recreate_after
-            )
+    @property
+    def dirty(self) -> dict[str, int]:
+        """Services whose mirror is behind, as last published by the owner. Thread-safe."""
+        return dict(self._published["dirty"])
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """The counters as last published by the owner. Thread-safe."""
+        return dict(self._published["counters"])
+
+    def set_leader(self, leading: bool) -> None:
+        """Record whether this process leads reconciliation. Thread-safe (posts to the owner)."""
+        self._in_owner(lambda: setattr(self, "_leader", leading))
+
+    def status(self) -> dict[str, Any]:
+        """Mirror state for /v1/info and /readyz. Thread-safe (reads what the owner published)."""
+        snap = self._published
+        connected = self.connected
+        return {
+            "configured": True,
+            "hosts": self.hosts,
+            "root": self.layout.root,
+            "connected": connected,
+            "state": str(self._client.state),
+            "lagging": bool(snap["dirty"]) or not connected,
+            "dirty_services": len(snap["dirty"]),
+            "leader": snap["leader"],
+            "last_reconcile": snap["last_reconcile"],
+            "last_error": snap["last_error"],
+            **snap["counters"],
+        }
+
+    # ------------------------------------------------------------ the owner
+
+    def _in_owner(self, fn: Callable[[], None]) -> None:
+        """Run fn on the owner thread, after what is already queued. Thread-safe."""
+        self._tasks.put(fn)
+
+    def _owner_running(self) -> bool:
+        return self._owner is not None and self._owner.is_alive() and not self._stopped.is_set()
+
+    def _own(self) -> None:
+        while self.run_once(timeout=0.25):
+            pass
+
+    def run_once(self, timeout: float = 0.0) -> bool:
+        """One round of the owner's loop: run what was posted (waiting up to `timeout` for the
+        first item), group-commit the queued changes, tick the watchdog, publish the status.
+
+        Owner thread only (a test that started the mirror without threads may call it).
+        Returns False once stopped.
+        """
+        items: list[Any] = []
+        try:
+            items.append(self._tasks.get(timeout=0 if self._pending else timeout))
+            while True:
+                items.append(self._tasks.get_nowait())
+        except queue.Empty:
+            pass
+        for item in items:
+            if item is _STOP:
+                self._shutdown()
+                return False
+            if isinstance(item, _Posted):
+                self._pending.setdefault(item.service, []).append(item)
+                continue
             try:
-                old.remove_listener(self._on_state)
-                old.stop()
-                old.close()
-            except ZK_ERRORS:
-                pass
-            self.client = self.client_factory(self.hosts, self.timeout)
-            self.client.add_listener(self._on_state)
+                item()
+            except Exception:  # the owner must outlive any single failure
+                log.exception("mirror task failed")
+        try:
+            if self._pending:
+                self._commit_round()
+            self.watchdog_tick()
+        except Exception:
+            log.exception("mirror owner round failed")
+        self._publish()
+        return True
+
+    def _publish(self) -> None:
+        self._published = {
+            "dirty": dict(self._dirty),
+            "counters": dict(self._counters),
+            "leader": self._leader,
+            "last_reconcile": self._last_reconcile,
+            "last_error": self._last_error,
+            "disconnected_since": self._disconnected_since,
+        }
+
+    def _shutdown(self) -> None:
+        for posted in self._pending.values():
+            for p in posted:
+                _reply(p, _Outcome.DEFERRED)
+        self._pending = {}
+        while True:
+            try:
+                item = self._tasks.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, _Posted):
+                _reply(item, _Outcome.DEFERRED)
+        self._client.remove_listener(self._listener)
+        _close_quietly(self._client)
+
+    def _listen_to(self, client: KazooClient) -> Callable[[str], None]:
+        def listener(state: str) -> None:  # on kazoo's thread: post, never block
+            self._in_owner(lambda: self._state_changed(client, state))
+
+        client.add_listener(listener)
+        return listener
+
+    def _state_changed(self, client: KazooClient, state: str) -> None:
+        if client is not self._client:
+            return
+        if state == KazooState.CONNECTED:
+            self._disconnected_since = None
+            with contextlib.suppress(*ZK_ERRORS):
+                self._ensure_roots(client)
+            for callback in self._connect_listeners:
+                try:
+                    callback()
+                except Exception:
+                    log.exception("mirror connect listener failed")
+        elif self._disconnected_since is None:
             self._disconnected_since = self.clock()
-            self.counters["client_recreated"] += 1
-            self.client.start_async()
+        self._pump_wake.set()
+
+    def _bump(self, counter: str, n: int = 1) -> None:
+        self._counters[counter] += n
+
+    def _mark_dirty(self, name: str, reason: object | None = None) -> None:
+        """Owner thread only."""
+        self._dirty_gen += 1
+        self._dirty[name] = self._dirty_gen
+        if reason is not None:
+            self._counters["sync_failures"] += 1
+            self._last_error = f"{reason!r}"[:300]
+            log.warning("mirror of %r deferred: %s", name, self._last_error)
+        self._pump_wake.set()
+
+    def _note_error(self, exc: BaseException) -> None:
+        """Owner thread only."""
+        self._last_error = f"{exc!r}"[:300]
+
+    def _clear_dirty(self, marks: dict[str, int]) -> None:
+        """Owner thread only."""
+        for name, gen in marks.items():
+            if self._dirty.get(name) == gen:
+                del self._dirty[name]
+
+    def _replace_client(self, new: KazooClient, why: str) -> None:
+        """Owner thread only: make `new` (started or not) the client, and close the old one."""
+        old = self._client
+        log.warning("replacing the ZooKeeper client: %s", why)
+        old.remove_listener(self._listener)
+        self._client = new
+        self._listener = self._listen_to(new)
+        self._guard_seen.clear()
+        self._contended.clear()
+        self._counters["client_recreated"] += 1
+        self._disconnected_since = self.clock()
+        if new.state == KazooState.LOST:
+            new.start_async()
+        elif new.state == KazooState.CONNECTED:
+            self._state_changed(new, KazooState.CONNECTED)  # it connected before we listened
+        # Closing joins kazoo's connection thread, which may sit in a connect attempt for a
+        # while: not on the owner thread.
+        threading.Thread(target=_close_quietly, args=(old,), name="atlas-mirror-close",
+                         daemon=True).start()  # fmt: skip
 
     def watchdog_tick(self) -> None:
-        """Replace a client that has been unable to connect for too long."""
+        """Replace a client that has been unable to connect for `recreate_after` seconds.
+
+        Owner thread only (a test without threads may call it).
+        """
         since = self._disconnected_since
         if since is not None and self.clock() - since > self.recreate_after:
-            self._recreate_client()
+            self._replace_client(
+                self.client_factory(self.hosts, self.timeout),
+                f"session unusable for {self.recreate_after:.1f}s",
+            )
 
     # ------------------------------------------------------- the write path
 
-    def _safely(self, name: str, fn: Callable[[], Any]) -> None:
+    def _truth(self) -> TruthSource:
+        if self.source is None:
+            raise MirrorConflict("the mirror has no truth bound")
+        return self.source
+
+    def _defer(self, name: str, reason: object) -> None:
+        """Mark a service dirty from any thread; waits (briefly) until the owner has it, so
+        that a write that returns has its lag reported."""
+        done: Future[None] = Future()
+
+        def mark() -> None:
+            self._mark_dirty(name, reason)
+            done.set_result(None)
+
+        self._in_owner(mark)
+        if self._owner_running():
+            with contextlib.suppress(FutureTimeout):
+                done.result(timeout=self.timeout)
+
+    def _sync_or_defer(self, name: str) -> int | None:
+        """Sync one whole service now, or mark it dirty; the zxid that published it, or None."""
         if not self.connected or self.source is None:
-            self._mark_dirty(name)
-            return
-        try:
-            fn()
-            self.counters["syncs"] += 1
-        except (*ZK_ERRORS, MirrorConflict, AtlasError) as exc:
-            self.counters["sync_failures"] += 1
-            self.last_error = f"{exc!r}"[:300]
-            log.warning("mirror of %r deferred: %s", name, self.last_error)
-            self._mark_dirty(name)
-
-    def _mark_dirty(self, name: str) -> None:
-        with self._lock:
-            self._dirty_gen += 1
-            self.dirty[name] = self._dirty_gen
-        self._wake.set()
-
-    def _clear_dirty(self, marks: dict[str, int]) -> None:
-        with self._lock:
-            for name, gen in marks.items():
-                if self.dirty.get(name) == gen:
-                    del self.dirty[name]
-
-    def put_service(self, service: Service) -> None:
-        """Mirror a created or changed service (its whole subtree, atomically)."""
-        self._safely(service.name, lambda: self.sync_service(service.name))
-
-    def delete_service(self, name: str) -> None:
-        """Mirror a deleted service (removes the subtree atomically)."""
-        self._safely(name, lambda: self.sync_service(name))
-
-    def prepare_instance(self, service: str, iid: str) -> Any:
-        """Read the instance znode, its service node and the service's guard before the write."""
-        if not self.connected:
+            self._defer(name, None if self.source is not None else "no truth bound")
             return None
-        client = self.client
-        svc_path = self.layout.service(service)
-        path = self.layout.instance(service, iid)
+        try:
+            synced = self.sync_service(name)
+        except (*ZK_ERRORS, MirrorConflict, AtlasError) as exc:
+            self._defer(name, exc)
+            return None
+        self._in_owner(lambda: self._bump("syncs"))
+        return synced.zxid
+
+    def put_service(self, service: Service) -> int | None:
+        """Mirror a created or changed service (its whole subtree, atomically).
+
+        Thread-safe; returns the zxid that published it, or None when deferred.
+        """
+        return self._sync_or_defer(service.name)
+
+    def delete_service(self, name: str) -> int | None:
+        """Mirror a deleted service (removes the subtree atomically).
+
+        Thread-safe; returns the zxid that published it, or None when deferred.
+        """
+        return self._sync_or_defer(name)
+
+    def prepare_instance(self, service: str, iid: str) -> Prepared | None:
+        """Read the service's guard, its node and the instance node before the DynamoDB
+        write (None: the service must be synced whole, or ZooKeeper is not there).
+
+        Thread-safe: reads only, pipelined in one round trip, guard first.
+        """
+        client = self._client
+        if client.state != KazooState.CONNECTED:
+            return None
         try:
             # The guard first: one session's requests are served in order, so any commit that
-            # lands after this read fails our CAS, whatever it did to the nodes read after it.
-            guard_read = client.get_async(self.layout.guard(service))
-            parent = client.get_async(svc_path)
-            seen = self._read(client, [path])
+            # lands after this read moves the guard, whatever it did to the nodes read after.
+            guard = client.get_async(self.layout.guard(service))
+            parent = client.get_async(self.layout.service(service))
+            node = client.get_async(self.layout.instance(service, iid))
+            guard_data, guard_stat = guard.get(timeout=self.timeout)
+            parent_data, parent_stat = parent.get(timeout=self.timeout)
             try:
-                _, guard_stat = guard_read.get(timeout=self.timeout)
-                svc_data, svc_stat = parent.get(timeout=self.timeout)
+                node_data, node_stat = node.get(timeout=self.timeout)
+                seen: tuple[bytes, int] | None = (node_data, node_stat.version)
             except NoNodeError:
-                return None  # the whole service must be (re)built: no shortcut
+                seen = None
+        except NoNodeError:
+            return None  # no guard or no service node: the whole service must be (re)built
         except ZK_ERRORS:
             return None
-        guard = (b"", guard_stat.version)
-        return (client, seen, guard[1], (svc_data, svc_stat.version, svc_stat.numChildren))
+        return Prepared(
+            client,
+            guard_stat.version,
+            guard_data,
+            (parent_data, parent_stat.version, parent_stat.numChildren),
+            seen,
+        )
 
     def instance_changed(
         self, service: str, iid: str, record: Instance | None, prepared: Any
-    ) -> None:
-        """Compare-and-set the znode from the written record, else fall back to a full sync."""
+    ) -> int | None:
+        """Publish an instance written (record) or detached (None), grouped with the service's
+        other queued changes; returns the zxid that published it, or None when deferred.
 
-        def apply() -> None:
-            if prepared is not None and prepared[0] is self.client:
-                client, actual, guard, parent = prepared
-                path = self.layout.instance(service, iid)
-                desired = {path: instance_payload(record)} if record is not None else {}
-                ops = [*plan(desired, actual).ops, *self._guard_ops(service, guard)]
-                patchable, count_op = self._count_op(
-                    service, parent, path in actual, record is not None
-                )
-                if patchable:
-                    try:
-                        self._commit(client, ops + ([count_op] if count_op else []))
-                        return
-                    except MirrorConflict:
-                        self.counters["cas_retries"] += 1
-            self.sync_instance(service, iid)
-
-        self._safely(service, apply)
-
-    def _count_op(
-        self, service: str, parent: tuple[bytes, int, int], existed: bool, exists: bool
-    ) -> tuple[bool, Op | None]:
-        """The service node update that keeps its `instances` count (None: unchanged).
-
-        Not patchable when the node's data is not what Atlas wrote: take the full sync.
+        Thread-safe: blocks the calling thread until its change is committed (or deferred to
+        the pump thread). A change whose pre-read went stale re-reads the truth and retries.
         """
-        if existed == exists:
-            return True, None
-        data, version, children = parent
+        if self.source is None:
+            self._defer(service, "no truth bound")
+            return None
+        for _ in range(MAX_CAS_RETRIES):
+            if not isinstance(prepared, Prepared):
+                return self._sync_or_defer(service)
+            outcome, zxid = self._submit(
+                service, Change(iid, record, prepared.guard_version), prepared
+            )
+            if outcome is _Outcome.COMMITTED:
+                return zxid
+            if outcome is _Outcome.DEFERRED:
+                return None
+            if outcome is _Outcome.RESYNC:
+                return self._sync_or_defer(service)
+            # Another commit touched this instance after our pre-read: our record may be
+            # older than what it published. Pre-read again, then take the truth as it is now.
+            self._in_owner(lambda: self._bump("stale_retries"))
+            prepared = self.prepare_instance(service, iid)
+            try:
+                record = self.source.find_instance(service, iid)
+            except AtlasError as exc:
+                self._defer(service, exc)
+                return None
+        self._defer(service, MirrorConflict(f"instance {iid} of {service!r} kept changing"))
+        return None
+
+    def _submit(
+        self, service: str, change: Change, prepared: Prepared
+    ) -> tuple[_Outcome, int | None]:
+        if not self._owner_running():
+            self._defer(service, "the mirror is not running")
+            return _Outcome.DEFERRED, None
+        posted = _Posted(service, change, prepared)
+        self._tasks.put(posted)
         try:
-            obj = json.loads(data or b"null")
-        except (TypeError, ValueError):
-            return False, None
-        count = obj.get("instances") if isinstance(obj, dict) else None
-        if isinstance(count, bool) or count != children:
-            return False, None
-        obj["instances"] = children + (1 if exists else -1)
-        return True, Op("set", self.layout.service(service), dumps(obj), version)
+            return posted.reply.result(timeout=2 * self.timeout + 1)
+        except FutureTimeout:
+            self._defer(service, "no commit in time")
+            return _Outcome.DEFERRED, None
+
+    def _commit_round(self) -> None:
+        """Owner thread: one group commit per service with queued changes, pipelined."""
+        batches, self._pending = self._pending, {}
+        client = self._client
+        live: dict[str, list[_Posted]] = {}
+        for service, posted in batches.items():
+            for p in posted:
+                if p.prepared.client is not client:
+                    _reply(p, _Outcome.STALE)  # read on another session: read again
+                else:
+                    live.setdefault(service, []).append(p)
+        if not live:
+            return
+        if client.state != KazooState.CONNECTED:
+            for service, posted in live.items():
+                self._defer_posted(service, posted, None)
+            return
+        views = {
+            service: self._batch_view(client, service, posted) for service, posted in live.items()
+        }
+        commits = []
+        for service, posted in live.items():
+            try:
+                guard, parent, nodes = _collect(views[service][0], self.timeout)
+            except ZK_ERRORS as exc:
+                self._defer_posted(service, posted, exc)
+                continue
+            if guard is None:
+                for p in posted:
+                    _reply(p, _Outcome.RESYNC)
+                continue
+            bp = plan_batch(self.layout, service, [p.change for p in posted], guard, parent, nodes)
+            for n in bp.stale:
+                _reply(posted[n], _Outcome.STALE)
+            for n in bp.resync:
+                _reply(posted[n], _Outcome.RESYNC)
+            if bp.commit:
+                result = self._transaction(client, bp.ops).commit_async()
+                commits.append((service, [posted[n] for n in bp.commit], result))
+        for service, committed, result in commits:
+            try:
+                results = _checked(result.get(timeout=self.timeout))
+            except MirrorConflict:
+                # A commit landed between our view and our multi: read again, plan again.
+                self._counters["cas_retries"] += 1
+                if views[service][1]:  # others write this service too: read first a while
+                    self._contended[service] = time.monotonic() + CONTENDED_S
+                for p in committed:
+                    p.conflicts += 1
+                    if p.conflicts >= MAX_CAS_RETRIES:
+                        self._defer_posted(service, [p], MirrorConflict("guard kept moving"))
+                    else:
+                        self._pending.setdefault(service, []).append(p)
+                continue
+            except ZK_ERRORS as exc:
+                self._defer_posted(service, committed, exc)
+                continue
+            guard_stat = results[-1]
+            self._guard_seen[service] = (client, int(guard_stat.version))
+            self._counters["group_commits"] += 1
+            self._counters["grouped_changes"] += len(committed)
+            self._counters["syncs"] += len(committed)
+            for p in committed:
+                _reply(p, _Outcome.COMMITTED, int(guard_stat.mzxid))
+
+    def _defer_posted(self, service: str, posted: Iterable[_Posted], reason: object) -> None:
+        self._mark_dirty(service, reason)
+        for p in posted:
+            _reply(p, _Outcome.DEFERRED)
+
+    def _batch_view(
+        self, client: KazooClient, service: str, posted: Sequence[_Posted]
+    ) -> tuple[Any, bool]:
+        """What the batch is planned against, and whether it is the writers' own pre-reads.
+
+        The pre-reads (no extra round trip) when nothing is known to have moved since the
+        freshest of them: no retry yet, our last commit to the service is not newer, and no
+        other process lost us a multi on it lately. Else a fresh read, pipelined (`_collect`
+        waits for it). A stale view costs one failed multi: the guard's CAS catches it.
+        """
+        freshest = max(posted, key=lambda p: p.prepared.guard_version).prepared
+        seen = self._guard_seen.get(service)
+        moved = seen is not None and seen[0] is client and seen[1] > freshest.guard_version
+        contended = self._contended.get(service, 0.0) > time.monotonic()
+        if not contended:
+            self._contended.pop(service, None)
+        if not moved and not contended and all(p.conflicts == 0 for p in posted):
+            nodes: dict[str, tuple[bytes, int]] = {}
+            for p in sorted(posted, key=lambda p: p.prepared.guard_version):
+                path = self.layout.instance(service, p.change.iid)
+                if p.prepared.node is not None:
+                    nodes[path] = p.prepared.node
+                else:
+                    nodes.pop(path, None)
+            return ((freshest.guard_data, freshest.guard_version), freshest.parent, nodes), True
+        # The guard first: one session's requests are served in order, so any commit that
+        # lands after this read fails our CAS, whatever it did to the nodes read after it.
+        guard = client.get_async(self.layout.guard(service))
+        parent = client.get_async(self.layout.service(service))
+        paths = {self.layout.instance(service, p.change.iid) for p in posted}
+        return (guard, parent, {path: client.get_async(path) for path in sorted(paths)}), False
 
     # -------------------------------------------------------------- syncing
 
     def _ensure_roots(self, client: KazooClient) -> None:
-        if not self._ensured_roots:
-            client.ensure_path(self.layout.services)
-            client.ensure_path(self.layout.config)
-            client.ensure_path(self.layout.guards)
-            self._ensured_roots = True
+        # Every call here is bounded: a request queued on a client that never reconnects
+        # (a wiped server) would otherwise block its thread until the client is closed.
+        roots = (self.layout.services, self.layout.config, self.layout.guards)
+        for result in [client.ensure_path_async(root) for root in roots]:
+            result.get(timeout=self.timeout)
+
+    def _children(self, client: KazooClient, path: str) -> list[str]:
+        result: list[str] = client.get_children_async(path).get(timeout=self.timeout)
+        return result
 
     def _guard_ops(self, name: str, version: int | None) -> list[Op]:
-        """Check-and-bump the service's guard (create it the first time).
+        """Check-and-bump the service's guard (create it the first time), vouching for nothing.
 
         Every commit writes the guard, so of two writers that read the same state only one
         can commit, even when the other has nothing else to change (a delete of a node that
         is not there yet) -- the case per-node versions cannot see. Guards are never
         deleted: a deleted guard would forget the version a stale writer must fail against.
+        The empty data says "this commit may have touched anything" (see atlas.mirror.guard);
+        the set after a create makes the multi's last result the guard's stat (its zxid).
         """
         path = self.layout.guard(name)
-        return [Op("create", path)] if version is None else [Op("set", path, b"", version)]
+        if version is None:
+            return [Op("create", path), Op("set", path, b"", 0)]
+        return [Op("set", path, b"", version)]
 
     def _read(self, client: KazooClient, paths: Iterable[str]) -> dict[str, tuple[bytes, int]]:
         asyncs = [(p, client.get_async(p)) for p in paths]
@@ -352,7 +741,7 @@ class ZkMirror:
         # The guard first: anything committed after this read bumps it and fails our CAS.
         seen = self._read(client, [guard])
         try:
-            children = client.get_children(svc_path)
+            children = self._children(client, svc_path)
         except NoNodeError:
             children = []
         paths = [svc_path, self.layout.config_stamp(name)]
@@ -374,59 +763,30 @@ class ZkMirror:
                 tx.delete(op.path, version=op.version)
         return tx
 
-    def _commit(self, client: KazooClient, ops: Sequence[Op]) -> None:
-        if not ops:
-            return
-        results = self._transaction(client, ops).commit()
-        failures = [r for r in results if isinstance(r, Exception)]
-        # In a failed multi, ZooKeeper marks the ops before the failing one RolledBack and
-        # those after it RuntimeInconsistency: only the one in between says why.
-        real = [r for r in failures if not isinstance(r, RolledBackError | RuntimeInconsistency)]
-        if real:
-            if all(isinstance(r, CONFLICTS) for r in real):
-                raise MirrorConflict(", ".join(type(r).__name__ for r in real))
-            raise real[0]
+    def _commit(self, client: KazooClient, ops: Sequence[Op]) -> list[Any]:
+        return _checked(self._transaction(client, ops).commit_async().get(timeout=self.timeout))
 
-    def sync_service(self, name: str) -> Plan:
-        """Make one service's subtree (node, instances, config stamp) equal DynamoDB's."""
-        assert self.source is not None
-        for _ in range(MAX_CAS_RETRIES):
-            client = self.client
-            self._ensure_roots(client)
+    def sync_service(self, name: str) -> Synced:
+        """Make one service's subtree (node, instances, config stamp) equal DynamoDB's.
+
+        Thread-safe: reads ZooKeeper (guard first), then DynamoDB, then commits with CAS on
+        what it read, retrying from a fresh read when it loses a race.
+        """
+        truth = self._truth()
+        for attempt in range(MAX_CAS_RETRIES):
+            client = self._client
+            if attempt:
+                self._ensure_roots(client)  # a conflict may be a missing root
             actual, guard = self._read_subtree(client, name)
-            svc = self.source.find_service(name)
-            desired = desired_tree(self.layout, svc, self.source.all_instances(name)) if svc else {}
-            p = plan(desired, actual)
+            svc = truth.find_service(name)
+            desired = desired_tree(self.layout, svc, truth.all_instances(name)) if svc else {}
+            p = diff_subtree(desired, actual)
             try:
-                self._commit(client, [*p.ops, *self._guard_ops(name, guard)])
-                return p
+                results = self._commit(client, [*p.ops, *self._guard_ops(name, guard)])
+                return Synced(p, int(results[-1].mzxid))
             except MirrorConflict:
-                self.counters["cas_retries"] += 1
-                self._ensured_roots = False
+                self._in_owner(lambda: self._bump("cas_retries"))
         raise MirrorConflict(f"service {name!r} kept changing while mirroring")
-
-    def sync_instance(self, service: str, iid: str) -> Plan:
-        """Make one instance node equal DynamoDB's (the whole service if its node is missing)."""
-        assert self.source is not None
-        for _ in range(MAX_CAS_RETRIES):
-            client = self.client
-            path = self.layout.instance(service, iid)
-            guard_path = self.layout.guard(service)
-            seen = self._read(client, [guard_path, path])
-            guard = seen.pop(guard_path, None)
-            if guard is None or client.exists(self.layout.service(service)) is None:
-                return self.sync_service(service)
-            inst = self.source.find_instance(service, iid)
-            desired = {path: instance_payload(inst)} if inst else {}
-            p = plan(desired, seen)
-            if p.missing or p.extra:
-                return self.sync_service(service)  # the service node's count changes too
-            try:
-                self._commit(client, [*p.ops, *self._guard_ops(service, guard[1])])
-                return p
-            except MirrorConflict:
-                self.counters["cas_retries"] += 1
-        raise MirrorConflict(f"instance {iid} of {service!r} kept changing while mirroring")
 
     # ----------------------------------------------------------- reconciling
 
@@ -434,13 +794,12 @@ class ZkMirror:
         self, client: KazooClient
     ) -> tuple[dict[str, dict[str, tuple[bytes, int]]], dict[str, int]]:
         """Every mirrored node grouped by service, and every guard's version."""
-        self._ensured_roots = False  # someone may have deleted the roots: check every time
-        self._ensure_roots(client)
+        self._ensure_roots(client)  # someone may have deleted the roots: check every time
         # Guards first: a commit after this read fails our CAS instead of being overwritten.
-        guard_paths = {self.layout.guard(n): n for n in client.get_children(self.layout.guards)}
+        guard_paths = {self.layout.guard(n): n for n in self._children(client, self.layout.guards)}
         guards = {guard_paths[p]: v[1] for p, v in self._read(client, guard_paths).items()}
-        names = set(client.get_children(self.layout.services))
-        stamps = set(client.get_children(self.layout.config))
+        names = set(self._children(client, self.layout.services))
+        stamps = set(self._children(client, self.layout.config))
         child_lists = {n: client.get_children_async(self.layout.service(n)) for n in names}
         paths: list[str] = []
         owner: dict[str, str] = {}
@@ -462,16 +821,19 @@ class ZkMirror:
         return grouped, guards
 
     def reconcile(self) -> dict[str, Any]:
-        """Compare all of DynamoDB with all of ZooKeeper and fix every difference."""
-        assert self.source is not None
+        """Compare all of DynamoDB with all of ZooKeeper and fix every difference.
+
+        Thread-safe (the reconciler's thread or a one-shot tool); returns the report and posts
+        it, with the counters, to the owner.
+        """
+        truth = self._truth()
         started = self.clock()
-        client = self.client
-        with self._lock:
-            dirty_before = dict(self.dirty)
-        # ZooKeeper first, then DynamoDB: a write that lands in between bumps a znode version
-        # and our CAS fails, so a stale DynamoDB read can never overwrite a newer znode.
+        client = self._client
+        dirty_before = self.dirty
+        # ZooKeeper first, then DynamoDB: a write that lands in between bumps a guard and our
+        # CAS fails, so a stale DynamoDB read can never overwrite a newer znode.
         actual, guards = self._read_tree(client)
-        services = {s.name: s for s in self.source.scan_services()}
+        services = {s.name: s for s in truth.scan_services()}
         found = {"missing": 0, "stale": 0, "extra": 0}
         pending: list[tuple[str, Plan, Any]] = []
 
@@ -487,7 +849,7 @@ class ZkMirror:
         def diff(name: str, instances: list[Instance]) -> Plan:
             svc = services.get(name)
             desired = desired_tree(self.layout, svc, instances) if svc else {}
-            return plan(desired, actual.get(name, {}))
+            return diff_subtree(desired, actual.get(name, {}))
 
         # Stream the instance scan and commit a service's transaction as soon as its items are
         # complete, so ZooKeeper writes overlap the scan. A scan returns one partition key's
@@ -513,7 +875,7 @@ class ZkMirror:
             else:
                 submit(name, p)
 
-        for inst in self.source.iter_instances():
+        for inst in truth.iter_instances():
             if inst.service != current:
                 close(current, group)
                 current, group = inst.service, []
@@ -534,84 +896,188 @@ class ZkMirror:
                 fixed += len(p.ops)
         for name in retry + sorted(reopened):  # raced, junk under a node, or split by the scan
             try:
-                p = self.sync_service(name)
+                p = self.sync_service(name).plan
             except MirrorConflict:
                 self._drop_junk(client, name)
-                p = self.sync_service(name)
+                p = self.sync_service(name).plan
             fixed += len(p.ops)
             if name in reopened:
                 found["missing"] += p.missing
                 found["stale"] += p.stale
                 found["extra"] += p.extra
         drift = sum(found.values())
-        self._clear_dirty(dirty_before)
-        self.counters["reconciles"] += 1
-        self.counters["drift_found_total"] += drift
-        self.counters["drift_fixed_total"] += fixed
-        self.last_reconcile = {
+        report = {
             "at": _iso(started),
             "duration_s": round(self.clock() - started, 3),
             "services": len(services),
             "drift_found": found,
             "drift_fixed": fixed,
         }
+
+        def record() -> None:
+            self._clear_dirty(dirty_before)
+            self._counters["reconciles"] += 1
+            self._counters["drift_found_total"] += drift
+            self._counters["drift_fixed_total"] += fixed
+            self._last_reconcile = report
+
+        self._in_owner(record)
         log.info("reconciled %d services: drift %s, fixed %d", len(services), found, fixed)
-        return self.last_reconcile
+        return report
 
     def _drop_junk(self, client: KazooClient, name: str) -> None:
         # Children under an instance node are not ours and block deletes; remove them.
         svc_path = self.layout.service(name)
         try:
-            for child in client.get_children(svc_path):
-                for junk in client.get_children(f"{svc_path}/{child}"):
+            for child in self._children(client, svc_path):
+                for junk in self._children(client, f"{svc_path}/{child}"):
                     client.delete(f"{svc_path}/{child}/{junk}", recursive=True)
         except NoNodeError:
             pass
 
-    # -------------------------------------------------------------- background
+    # ---------------------------------------------------------- the repairs
+
+    def _pump(self) -> None:
+        last_probe = 0.0
+        while not self._stopped.is_set():
+            self._pump_wake.wait(timeout=0.5)
+            self._pump_wake.clear()
+            if self._stopped.is_set():
+                return
+            try:
+                if not self.connected:
+                    if time.monotonic() - last_probe >= PROBE_EVERY_S:
+                        last_probe = time.monotonic()
+                        self.probe()
+                elif self.source is not None and self._published["dirty"]:
+                    self.drain_dirty()
+            except Exception:  # the pump thread must outlive any single failure
+                log.exception("mirror repair error")
 
     def drain_dirty(self) -> int:
-        """Re-sync every service whose mirror write failed; return how many succeeded."""
-        with self._lock:
-            todo = dict(self.dirty)
+        """Re-sync every service whose mirror write failed; return how many succeeded.
+
+        Thread-safe (the pump thread calls it); posts the cleared marks to the owner.
+        """
         done = 0
-        for name, gen in sorted(todo.items()):
+        for name, gen in sorted(self.dirty.items()):
             if not self.connected or self.source is None:
                 break
             try:
                 self.sync_service(name)
             except (*ZK_ERRORS, MirrorConflict, AtlasError) as exc:
-                self.last_error = f"{exc!r}"[:300]
+                self._in_owner(functools.partial(self._note_error, exc))
                 continue
-            self._clear_dirty({name: gen})
+            self._in_owner(functools.partial(self._clear_dirty, {name: gen}))
             done += 1
         return done
 
-    def _pump(self) -> None:
-        while not self._stopped.is_set():
-            self._wake.wait(timeout=0.5)
-            self._wake.clear()
-            if self._stopped.is_set():
-                return
-            try:
-                self.watchdog_tick()
-                if self.dirty and self.connected:
-                    self.drain_dirty()
-            except Exception:  # the pump must outlive any single failure
-                log.exception("mirror pump error")
+    def probe(self) -> bool:
+        """While our client cannot connect, ask a throwaway client whether the server is up
+        but refuses ours: a server restarted with a wiped data dir refuses, forever, a client
+        that has seen a newer zxid than its own. If so, have the owner replace our client
+        with a fresh one (which gets in), and return True.
 
-    def status(self) -> dict[str, Any]:
-        """Mirror state for /v1/info and /readyz."""
-        return {
-            "configured": True,
-            "hosts": self.hosts,
-            "root": self.layout.root,
-            "connected": self.connected,
-            "state": str(self.client.state),
-            "lagging": bool(self.dirty) or not self.connected,
-            "dirty_services": len(self.dirty),
-            "leader": self.leader,
-            "last_reconcile": self.last_reconcile,
-            "last_error": self.last_error,
-            **self.counters,
-        }
+        Thread-safe, but blocking (a few seconds at most): the pump thread calls it.
+        """
+        client = self._client
+        since = self._published["disconnected_since"]
+        if client.state == KazooState.CONNECTED or since is None:
+            return False
+        if self.clock() - since < PROBE_AFTER_S:
+            return False
+        # A short session: a connect attempt that gets no answer (seen on a server that has
+        # just opened its port) is retried after a second, not after a whole session timeout.
+        fresh = self.probe_factory(self.hosts)
+        try:
+            fresh.start(timeout=PROBE_START_S)
+            fresh.exists_async("/").get(timeout=self.timeout)  # any reply carries its zxid
+            theirs = int(fresh.last_zxid or 0)
+        except ZK_ERRORS:
+            return False
+        finally:
+            _close_quietly(fresh)
+        ours = int(client.last_zxid or 0)
+        if client.state == KazooState.CONNECTED or ours <= theirs:
+            return False  # ours can get in (or already did): keep its session
+
+        def swap() -> None:
+            if self._client is client and client.state != KazooState.CONNECTED:
+                self._counters["client_refused"] += 1
+                self._replace_client(
+                    self.client_factory(self.hosts, self.timeout),
+                    f"the server is at zxid {theirs:#x}, behind the {ours:#x} our client has "
+                    "seen: it refuses that client (a wiped data dir?)",
+                )
+
+        self._in_owner(swap)
+        return True
+
+
+# The probe's own reconnect chatter says nothing the main client's does not: errors only.
+probe_log = logging.getLogger("atlas.mirror.probe")
+probe_log.setLevel(logging.ERROR)
+
+
+def make_probe_client(hosts: str) -> KazooClient:
+    """A throwaway kazoo client with a short session, for `ZkMirror.probe`."""
+    return KazooClient(
+        hosts=hosts,
+        timeout=1.0,
+        logger=probe_log,
+        connection_retry=KazooRetry(max_tries=-1, delay=0.05, backoff=1.5, max_delay=0.25),
+        command_retry=KazooRetry(max_tries=1, delay=0.05),
+    )
+
+
+def _reply(posted: _Posted, outcome: _Outcome, zxid: int | None = None) -> None:
+    if not posted.reply.done():
+        posted.reply.set_result((outcome, zxid))
+
+
+def _collect(
+    view: Any, timeout: float
+) -> tuple[tuple[bytes, int] | None, tuple[bytes, int, int] | None, dict[str, tuple[bytes, int]]]:
+    """A batch view as (guard, parent, nodes): as given, or waited for when it was read."""
+    guard_read, parent_read, node_reads = view
+    if isinstance(guard_read, tuple):
+        return view
+    guard: tuple[bytes, int] | None = None
+    parent: tuple[bytes, int, int] | None = None
+    nodes: dict[str, tuple[bytes, int]] = {}
+    try:
+        data, stat = guard_read.get(timeout=timeout)
+        guard = (data, stat.version)
+    except NoNodeError:
+        pass
+    try:
+        data, stat = parent_read.get(timeout=timeout)
+        parent = (data, stat.version, stat.numChildren)
+    except NoNodeError:
+        pass
+    for path, result in node_reads.items():
+        try:
+            data, stat = result.get(timeout=timeout)
+        except NoNodeError:
+            continue
+        nodes[path] = (data, stat.version)
+    return guard, parent, nodes
+
+
+def _checked(results: list[Any]) -> list[Any]:
+    """A multi's results, or the reason it failed (MirrorConflict when it lost a race)."""
+    failures = [r for r in results if isinstance(r, Exception)]
+    # In a failed multi, ZooKeeper marks the ops before the failing one RolledBack and
+    # those after it RuntimeInconsistency: only the one in between says why.
+    real = [r for r in failures if not isinstance(r, RolledBackError | RuntimeInconsistency)]
+    if real:
+        if all(isinstance(r, CONFLICTS) for r in real):
+            raise MirrorConflict(", ".join(type(r).__name__ for r in real))
+        raise real[0]
+    return results
+
+
+def _close_quietly(client: KazooClient) -> None:
+    with contextlib.suppress(*ZK_ERRORS):
+        client.stop()
+        client.close()

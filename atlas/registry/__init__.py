@@ -4,6 +4,7 @@ from atlas.registry.mirror import Mirror, NullMirror
 from atlas.registry.models import Models, build_models, build_models_for
 from atlas.registry.records import HealthCheck, Instance, Page, Service, instance_id
 from atlas.registry.service import Registry
+from atlas.registry.store import ScanPolicy, Store
 
 __all__ = [
     "HealthCheck",
@@ -13,7 +14,9 @@ __all__ = [
     "NullMirror",
     "Page",
     "Registry",
+    "ScanPolicy",
     "Service",
+    "Store",
     "build_models",
     "build_models_for",
     "instance_id",

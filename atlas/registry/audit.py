@@ -8,16 +8,24 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
-from atlas.errors import ValidationFailed
+from atlas.registry.models import AuditModel
 from atlas.registry.records import AuditRecord, Page
-from atlas.registry.service import Registry, _store, decode_cursor, encode_cursor
+from atlas.registry.service import Registry
+from atlas.registry.store import CursorKey, paginate
 
 log = logging.getLogger(__name__)
 
 NO_SERVICE = "-"
 BATCH = 25
+AUDIT_CURSOR = CursorKey(("service", "sk"))
+# An AuditRecord's fields stored as they are (`service` and the sort key are derived).
+STORED_FIELDS = (
+    "id", "at", "principal", "token_id", "action", "method", "path", "target", "status",
+    "remote_addr",
+)  # fmt: skip
 
 
 class AuditLog:
@@ -50,7 +58,7 @@ class AuditLog:
         """Queue one record (never raises; a full queue drops it with an error log)."""
         rec = AuditRecord(
             id=uuid.uuid4().hex,
-            at=self.registry._now(),
+            at=self.registry.now(),
             service=service,
             principal=principal,
             token_id=token_id,
@@ -119,22 +127,8 @@ class AuditLog:
         model = self.models.Audit
         with self._write_lock, model.batch_write() as writer:
             for r in batch:
-                writer.save(
-                    model(
-                        r.service or NO_SERVICE,
-                        f"{r.at}#{r.id}",
-                        id=r.id,
-                        at=r.at,
-                        principal=r.principal,
-                        token_id=r.token_id,
-                        action=r.action,
-                        method=r.method,
-                        path=r.path,
-                        target=r.target,
-                        status=r.status,
-                        remote_addr=r.remote_addr,
-                    )
-                )
+                fields = {name: getattr(r, name) for name in STORED_FIELDS}
+                writer.save(model(r.service or NO_SERVICE, f"{r.at}#{r.id}", **fields))
 
     def _lost(self, batch: list[AuditRecord]) -> None:
         self.failed += len(batch)
@@ -168,53 +162,26 @@ class AuditLog:
             self._thread.join(timeout=5)
 
     @staticmethod
-    def _record(m: Any) -> AuditRecord:
-        return AuditRecord(
-            id=m.id,
-            at=m.at,
-            service=None if m.service == NO_SERVICE else m.service,
-            principal=m.principal,
-            token_id=m.token_id,
-            action=m.action,
-            method=m.method,
-            path=m.path,
-            target=m.target,
-            status=int(m.status),
-            remote_addr=m.remote_addr,
-        )
+    def _record(m: AuditModel) -> AuditRecord:
+        fields: dict[str, Any] = {name: getattr(m, name) for name in STORED_FIELDS}
+        fields["status"] = int(fields["status"])
+        return AuditRecord(service=None if m.service == NO_SERVICE else m.service, **fields)
 
     def list(self, service: str | None, limit: int, cursor: str | None = None) -> Page:
         """One page of records: of one service newest first, or of all in table order."""
         model = self.models.Audit
-        start = decode_cursor(cursor, ("service", "sk")) if cursor else None
-        if start is not None and service is not None and start["service"]["S"] != service:
-            raise ValidationFailed(
-                "cursor belongs to another listing", {"cursor": ["Not a cursor of this listing."]}
-            )
-        with _store("listing the audit trail"):
-            if service is not None:
-                items = list(
-                    model.query(
-                        service,
-                        scan_index_forward=False,
-                        limit=limit + 1,
-                        page_size=limit + 1,
-                        last_evaluated_key=start,
-                        consistent_read=True,
-                    )
-                )
-            else:
-                items = list(
-                    model.scan(
-                        limit=limit + 1,
-                        page_size=limit + 1,
-                        last_evaluated_key=start,
-                        consistent_read=True,
-                    )
-                )
-        next_cursor = None
-        if len(items) > limit:
-            items = items[:limit]
-            last = items[-1]
-            next_cursor = encode_cursor({"service": {"S": last.service}, "sk": {"S": last.sk}})
-        return Page([self._record(m) for m in items], next_cursor)
+        start = AUDIT_CURSOR.decode(cursor, **({} if service is None else {"service": service}))
+
+        def fetch(**page: Any) -> Iterable[AuditModel]:
+            if service is None:
+                return model.scan(consistent_read=True, **page)
+            return model.query(service, scan_index_forward=False, consistent_read=True, **page)
+
+        return paginate(
+            fetch,
+            limit=limit,
+            start=start,
+            key=AUDIT_CURSOR,
+            convert=self._record,
+            action="listing the audit trail",
+        )

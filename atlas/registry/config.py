@@ -7,24 +7,18 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from pynamodb.constants import KEY
-
-from atlas.errors import Conflict, NotFound, PreconditionFailed, Unavailable, ValidationFailed
+from atlas.errors import Conflict, NotFound, PreconditionFailed, ValidationFailed
 from atlas.registry.crypto import Sealer, SecretContext
+from atlas.registry.models import ConfigHistoryModel, ConfigModel
 from atlas.registry.records import ConfigEntry, ConfigView, Page
-from atlas.registry.service import (
-    MAX_RACE_RETRIES,
-    Registry,
-    _cancellation_codes,
-    _store,
-    decode_cursor,
-    encode_cursor,
-)
+from atlas.registry.service import Registry
+from atlas.registry.store import CursorKey, TransactionCanceled, operation, paginate, race_retries
 
 log = logging.getLogger(__name__)
 
 MAX_VALUE_BYTES = 64 * 1024
 MASKED: dict[str, Any] = {"secret": True}
+VERSION_CURSOR = CursorKey(("entry", "version"), numbers=frozenset({"version"}))
 
 
 def encode_value(value: Any) -> str:
@@ -52,6 +46,7 @@ class ConfigStore:
     def __init__(self, registry: Registry, sealer: Sealer, realm: str) -> None:
         self.registry = registry
         self.models = registry.models
+        self.store = registry.store
         self.sealer = sealer
         self.realm = realm
 
@@ -60,7 +55,7 @@ class ConfigStore:
     def _ctx(self, service: str, key: str, version: int) -> SecretContext:
         return SecretContext(self.realm, service, key, version)
 
-    def _entry(self, m: Any, reveal: bool) -> ConfigEntry:
+    def _entry(self, m: ConfigModel | ConfigHistoryModel, reveal: bool) -> ConfigEntry:
         version = int(m.version)
         value: Any = None
         revealed = False
@@ -88,34 +83,21 @@ class ConfigStore:
             updated_by=m.updated_by or "",
         )
 
-    def _current(self, service: str, key: str) -> Any | None:
-        with _store("reading a config entry"):
-            try:
-                return self.models.Config.get(service, key, consistent_read=True)
-            except self.models.Config.DoesNotExist:
-                return None
+    def _current(self, service: str, key: str) -> ConfigModel | None:
+        return self.store.get(self.models.Config, service, key, action="reading a config entry")
 
     def _missing(self, service: str, key: str) -> NotFound:
-        self.registry._load_service(service)  # a missing service is the better 404
+        self.registry.get_service(service)  # a missing service is the better 404
         return NotFound(f"config key {key!r} of service {service!r} does not exist")
-
-    def _mirror_service(self, service: str) -> None:
-        # DynamoDB has the change; the mirror learns the new config version from the record.
-        def tell() -> None:
-            record = self.registry.find_service(service)
-            if record is not None:
-                self.registry.mirror.put_service(record)
-
-        self.registry._mirror("put_service", tell)
 
     # ------------------------------------------------------------- reads
 
     def get_config(self, service: str, reveal: bool) -> ConfigView:
         """Every live key of a service; secrets opened when `reveal`, else masked."""
-        svc = self.registry._load_service(service)
+        svc = self.registry.get_service(service)
         # The version is read before the values, so it never claims more than they hold.
-        version = int(svc.config_version or 0)
-        with _store("reading the service's config"):
+        version = svc.config_version
+        with operation("reading the service's config"):
             items = list(self.models.Config.query(service, consistent_read=True))
         values: dict[str, Any] = {}
         opened: list[str] = []
@@ -137,14 +119,15 @@ class ConfigStore:
             if m is None or m.deleted:
                 raise self._missing(service, key)
             return self._entry(m, reveal)
-        with _store("reading a config version"):
-            try:
-                h = self.models.ConfigHistory.get(f"{service}/{key}", version, consistent_read=True)
-            except self.models.ConfigHistory.DoesNotExist:
-                self.registry._load_service(service)
-                raise NotFound(
-                    f"config key {key!r} of service {service!r} has no version {version}"
-                ) from None
+        h = self.store.get(
+            self.models.ConfigHistory,
+            f"{service}/{key}",
+            version,
+            action="reading a config version",
+        )
+        if h is None:
+            self.registry.get_service(service)
+            raise NotFound(f"config key {key!r} of service {service!r} has no version {version}")
         if h.deleted:
             raise NotFound(
                 f"config key {key!r} of service {service!r} was deleted in version {version}"
@@ -154,38 +137,20 @@ class ConfigStore:
     def list_versions(self, service: str, key: str, limit: int, cursor: str | None = None) -> Page:
         """One page of a key's history, newest first; secrets always masked."""
         entry = f"{service}/{key}"
-        start = None
-        if cursor:
-            raw = decode_cursor(cursor, ("entry", "version"))
-            version_s = raw["version"]["S"]
-            if raw["entry"]["S"] != entry or not (
-                version_s.isascii() and version_s.isdigit() and len(version_s) <= 15
-            ):
-                raise ValidationFailed(
-                    "cursor belongs to another listing",
-                    {"cursor": ["Not a cursor of this listing."]},
-                )
-            start = {"entry": {"S": entry}, "version": {"N": str(int(version_s))}}
-        with _store("listing config versions"):
-            items = list(
-                self.models.ConfigHistory.query(
-                    entry,
-                    scan_index_forward=False,
-                    limit=limit + 1,
-                    page_size=limit + 1,
-                    last_evaluated_key=start,
-                    consistent_read=True,
-                )
-            )
-        if not items and start is None:
+        start = VERSION_CURSOR.decode(cursor, entry=entry)
+        page = paginate(
+            lambda **kw: self.models.ConfigHistory.query(
+                entry, scan_index_forward=False, consistent_read=True, **kw
+            ),
+            limit=limit,
+            start=start,
+            key=VERSION_CURSOR,
+            convert=lambda m: self._entry(m, reveal=False),
+            action="listing config versions",
+        )
+        if not page.items and start is None:
             raise self._missing(service, key)
-        next_cursor = None
-        if len(items) > limit:
-            items = items[:limit]
-            next_cursor = encode_cursor(
-                {"entry": {"S": entry}, "version": {"S": str(int(items[-1].version))}}
-            )
-        return Page([self._entry(m, reveal=False) for m in items], next_cursor)
+        return page
 
     # ------------------------------------------------------------ writes
 
@@ -210,7 +175,7 @@ class ConfigStore:
             lambda m, v: self._fill(m, text, value, secret, v),
         )
 
-    def _fill(self, m: Any, text: str, value: Any, secret: bool, version: int) -> None:
+    def _fill(self, m: ConfigModel, text: str, value: Any, secret: bool, version: int) -> None:
         m.secret = secret
         m.deleted = False
         if secret:
@@ -225,7 +190,7 @@ class ConfigStore:
     ) -> None:
         """Delete a key; its history is kept and its next write continues the numbering."""
 
-        def tombstone(m: Any, version: int) -> None:
+        def tombstone(m: ConfigModel, version: int) -> None:
             m.secret = False
             m.deleted = True
             m.value = None
@@ -240,30 +205,28 @@ class ConfigStore:
         if_match: int | None,
         must_exist: bool,
         by: str,
-        fill: Callable[[Any, int], None],
+        fill: Callable[[ConfigModel, int], None],
         deleting: bool = False,
     ) -> tuple[ConfigEntry, bool]:
         svc = self.models.Service
-        for _ in range(MAX_RACE_RETRIES):
-            cur: Any = self._current(service, key)
+        model = self.models.Config
+        what = f"config key {key!r} of service {service!r}"
+        for _ in race_retries(what):
+            cur = self._current(service, key)
             live = cur is not None and not cur.deleted
             if deleting and not live:
                 raise self._missing(service, key)
             if must_exist and not live:
-                self.registry._load_service(service)
-                raise PreconditionFailed(
-                    f"config key {key!r} of service {service!r} does not exist"
-                )
-            if if_match is not None and (not live or int(cur.version) != if_match):
-                self.registry._load_service(service)
-                raise PreconditionFailed(
-                    f"config key {key!r} of service {service!r} is not at version {if_match}"
-                )
+                self.registry.get_service(service)
+                raise PreconditionFailed(f"{what} does not exist")
+            if if_match is not None and (cur is None or not live or int(cur.version) != if_match):
+                self.registry.get_service(service)
+                raise PreconditionFailed(f"{what} is not at version {if_match}")
             previous = int(cur.version) if cur is not None else 0
             version = previous + 1
-            now = self.registry._now()
-            created = cur.created_at if live else now
-            current = self.models.Config(
+            now = self.registry.now()
+            created = cur.created_at if cur is not None and live else now
+            current = model(
                 service, key, version=version, created_at=created, updated_at=now, updated_by=by
             )
             fill(current, version)
@@ -280,44 +243,35 @@ class ConfigStore:
                 updated_at=now,
                 updated_by=by,
             )
-            model = self.models.Config
-            entry_condition = (
-                model.key.does_not_exist() if cur is None else model.version == previous
-            )
-            service_update = svc._get_connection().get_operation_kwargs(
-                service,
-                key=KEY,
-                actions=[svc.config_version.add(1)],
-                condition=svc.name.exists() & (svc.deleting == False),  # noqa: E712
-            )
             try:
-                with _store("writing the config entry"):
-                    model._get_connection().connection.transact_write_items(
-                        condition_check_items=[],
-                        delete_items=[],
-                        put_items=[
-                            current.get_save_kwargs_from_instance(condition=entry_condition),
-                            history.get_save_kwargs_from_instance(
-                                condition=self.models.ConfigHistory.entry.does_not_exist()
-                            ),
-                        ],
-                        update_items=[service_update],
+                with self.store.transaction("writing the config entry") as tx:
+                    tx.save(
+                        "entry",
+                        current,
+                        condition=model.key.does_not_exist()
+                        if cur is None
+                        else model.version == previous,
                     )
-            except Unavailable as exc:
-                reasons = _cancellation_codes(exc.__cause__)
-                if reasons is None:
-                    raise
-                if len(reasons) > 2 and reasons[2] == "ConditionalCheckFailed":
-                    if self.registry._load_service(service).deleting:  # raises NotFound if gone
+                    tx.save(
+                        "history",
+                        history,
+                        condition=self.models.ConfigHistory.entry.does_not_exist(),
+                    )
+                    tx.update(
+                        "service",
+                        svc(service),
+                        [svc.config_version.add(1)],
+                        condition=svc.live(),
+                    )
+            except TransactionCanceled as canceled:
+                if canceled.failed("service"):
+                    if self.registry.get_service(service).deleting:  # NotFound if it is gone
                         raise Conflict(f"service {service!r} is being deleted") from None
                     continue
-                if "ConditionalCheckFailed" in reasons[:2]:
-                    if if_match is not None:
-                        raise PreconditionFailed(
-                            f"config key {key!r} of service {service!r} changed concurrently"
-                        ) from None
-                    continue
-                raise
-            self._mirror_service(service)
+                if if_match is not None:
+                    raise PreconditionFailed(f"{what} changed concurrently") from None
+                continue
+            # DynamoDB has the change; the mirror learns the new config version from the record.
+            self.registry.service_changed(service)
             return self._entry(current, reveal=False), not live
-        raise Conflict(f"config key {key!r} of service {service!r} kept changing; retry")
+        raise AssertionError("unreachable: race_retries raises when the attempts are spent")

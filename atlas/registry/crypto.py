@@ -13,12 +13,12 @@ import os
 import stat
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from cachetools import TTLCache
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -242,40 +242,34 @@ class KmsKeyProvider:
 
 
 class DataKeyCache:
-    """Unwrapped data keys by wrapped blob, for a bounded time (0 disables), LRU-bounded."""
+    """Unwrapped data keys by wrapped blob, for a bounded time (0 disables), LRU-bounded.
+
+    Thread-safe: the cachetools TTLCache (which is not) is used under a lock.
+    """
 
     def __init__(
         self, ttl_s: float, max_entries: int = 4096, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.ttl_s = ttl_s
         self.max_entries = max_entries
-        self.clock = clock
-        self._items: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()
+        self._items: TTLCache[bytes, bytes] | None = (
+            TTLCache(maxsize=max_entries, ttl=ttl_s, timer=clock) if ttl_s > 0 else None
+        )
         self._lock = threading.Lock()
 
     def get(self, wrapped: bytes) -> bytes | None:
         """The data key if cached and fresh."""
-        if self.ttl_s <= 0:
+        if self._items is None:
             return None
         with self._lock:
-            hit = self._items.get(wrapped)
-            if hit is None:
-                return None
-            if hit[1] < self.clock():
-                del self._items[wrapped]
-                return None
-            self._items.move_to_end(wrapped)
-            return hit[0]
+            return self._items.get(wrapped)
 
     def put(self, wrapped: bytes, data_key: bytes) -> None:
         """Remember a data key."""
-        if self.ttl_s <= 0:
+        if self._items is None:
             return
         with self._lock:
-            self._items[wrapped] = (data_key, self.clock() + self.ttl_s)
-            self._items.move_to_end(wrapped)
-            while len(self._items) > self.max_entries:
-                self._items.popitem(last=False)
+            self._items[wrapped] = data_key
 
 
 def _b64(b: bytes) -> str:

@@ -8,21 +8,25 @@ from atlas.registry.records import Instance, Service
 
 
 class Mirror(Protocol):
-    """Receives every acknowledged change; must never raise into the write path."""
+    """Receives every acknowledged change; must never raise into the write path.
 
-    def put_service(self, service: Service) -> None:
-        """Create or update the service node."""
+    Each change returns the ZooKeeper zxid at which it was published, or None when it was
+    not mirrored now (no ZooKeeper, ZooKeeper down: the mirror catches up later).
+    """
 
-    def delete_service(self, name: str) -> None:
-        """Remove the service node and everything under it."""
+    def put_service(self, service: Service) -> int | None:
+        """Create or update the service node; the zxid that published it, or None."""
+
+    def delete_service(self, name: str) -> int | None:
+        """Remove the service node and everything under it; the zxid, or None."""
 
     def prepare_instance(self, service: str, instance_id: str) -> Any:
         """Called before an instance write; whatever it returns is passed to instance_changed."""
 
     def instance_changed(
         self, service: str, instance_id: str, record: Instance | None, prepared: Any
-    ) -> None:
-        """An instance was written (record) or detached (None)."""
+    ) -> int | None:
+        """An instance was written (record) or detached (None); the zxid, or None."""
 
     def status(self) -> dict[str, Any]:
         """Mirror state for /v1/info and /readyz."""
@@ -31,11 +35,13 @@ class Mirror(Protocol):
 class NullMirror:
     """A mirror that mirrors nothing (no ZooKeeper configured)."""
 
-    def put_service(self, service: Service) -> None:
-        """Do nothing."""
+    def put_service(self, service: Service) -> int | None:
+        """Do nothing: not mirrored."""
+        return None
 
-    def delete_service(self, name: str) -> None:
-        """Do nothing."""
+    def delete_service(self, name: str) -> int | None:
+        """Do nothing: not mirrored."""
+        return None
 
     def prepare_instance(self, service: str, instance_id: str) -> Any:
         """Nothing to prepare."""
@@ -43,8 +49,9 @@ class NullMirror:
 
     def instance_changed(
         self, service: str, instance_id: str, record: Instance | None, prepared: Any
-    ) -> None:
-        """Do nothing."""
+    ) -> int | None:
+        """Do nothing: not mirrored."""
+        return None
 
     def status(self) -> dict[str, Any]:
         """Report that no mirror is configured."""

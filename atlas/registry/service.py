@@ -2,81 +2,35 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import logging
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
-from datetime import UTC, datetime
+from contextlib import suppress
+from datetime import datetime
 from typing import Any
 
-from pynamodb.exceptions import PynamoDBException, TransactWriteError
-from pynamodb.transactions import TransactWrite
-
-from atlas.errors import Conflict, NotFound, PreconditionFailed, Unavailable, ValidationFailed
+from atlas.errors import Conflict, NotFound, PreconditionFailed
 from atlas.registry.mirror import Mirror, NullMirror
-from atlas.registry.models import Models
+from atlas.registry.models import HealthCheckAttribute, InstanceModel, Models, ServiceModel
 from atlas.registry.records import HealthCheck, Instance, Page, Service, instance_id
+from atlas.registry.store import (
+    ConditionFailed,
+    CursorKey,
+    ScanPolicy,
+    Store,
+    TransactionCanceled,
+    operation,
+    paginate,
+    race_retries,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
-MAX_RACE_RETRIES = 5
 SERVICE_FIELDS = ("description", "owner", "port", "health_check", "tags")
 INSTANCE_FIELDS = ("enabled", "weight", "zone", "labels", "disabled_reason")
-
-
-def utcnow() -> datetime:
-    """The current time in UTC (the default clock)."""
-    return datetime.now(UTC)
-
-
-def _iso(dt: datetime) -> str:
-    return dt.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _conditional(exc: PynamoDBException) -> bool:
-    return getattr(exc, "cause_response_code", None) == "ConditionalCheckFailedException"
-
-
-@contextmanager
-def _store(action: str) -> Iterator[None]:
-    """Turn DynamoDB failures that are not ours to explain into 503s."""
-    try:
-        yield
-    except PynamoDBException as exc:
-        log.warning("dynamodb error while %s: %s", action, exc.__class__.__name__)
-        raise Unavailable(
-            f"DynamoDB did not complete {action}; retry the request (it is safe to repeat)"
-        ) from exc
-
-
-def encode_cursor(key: Mapping[str, Any]) -> str:
-    """Encode a DynamoDB key as an opaque pagination cursor."""
-    raw = json.dumps(key, separators=(",", ":"), sort_keys=True).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str, key_names: tuple[str, ...]) -> dict[str, Any]:
-    """Decode a cursor made by encode_cursor for a table with these key attributes."""
-    bad = ValidationFailed("invalid pagination cursor", {"cursor": ["Not a cursor Atlas issued."]})
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        key = json.loads(base64.urlsafe_b64decode(padded.encode()))
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise bad from None
-    if not isinstance(key, dict) or set(key) != set(key_names):
-        raise bad
-    for value in key.values():
-        if not (
-            isinstance(value, dict)
-            and set(value) == {"S"}
-            and isinstance(value["S"], str)
-            and value["S"]
-        ):
-            raise bad
-    return key
+SERVICE_CURSOR = CursorKey(("name",))
+INSTANCE_CURSOR = CursorKey(("service", "instance_id"))
 
 
 class Registry:
@@ -87,15 +41,17 @@ class Registry:
         models: Models,
         mirror: Mirror | None = None,
         clock: Callable[[], datetime] = utcnow,
+        scan: ScanPolicy | None = None,
     ) -> None:
         self.models = models
         self.mirror: Mirror = mirror or NullMirror()
         self.clock = clock
+        self.store = Store(models, clock=clock, scan=scan)
 
     # ----------------------------------------------------------------- records
 
     @staticmethod
-    def service_record(m: Any) -> Service:
+    def service_record(m: ServiceModel) -> Service:
         """Convert a service model to a record."""
         hc = m.health_check
         return Service(
@@ -106,7 +62,7 @@ class Registry:
             health_check=HealthCheck(hc.path, int(hc.interval_s), int(hc.timeout_s))
             if hc
             else None,
-            tags=tuple(m.tags or ()),
+            tags=tuple(str(t) for t in m.tags or ()),
             version=int(m.version),
             created_at=m.created_at,
             updated_at=m.updated_at,
@@ -115,7 +71,7 @@ class Registry:
         )
 
     @staticmethod
-    def instance_record(m: Any) -> Instance:
+    def instance_record(m: InstanceModel) -> Instance:
         """Convert an instance model to a record."""
         labels = m.labels.as_dict() if hasattr(m.labels, "as_dict") else dict(m.labels or {})
         return Instance(
@@ -132,8 +88,9 @@ class Registry:
             updated_at=m.updated_at,
         )
 
-    def _now(self) -> str:
-        return _iso(self.clock())
+    def now(self) -> str:
+        """The current time as stored in records (the registry's clock)."""
+        return self.store.now()
 
     def _prepare(self, service: str, iid: str) -> Any:
         # The mirror reads the znode before the DynamoDB write, so that its compare-and-set
@@ -146,26 +103,38 @@ class Registry:
 
     def _instance_changed(
         self, service: str, iid: str, record: Instance | None, prepared: Any
-    ) -> None:
-        self._mirror(
+    ) -> int | None:
+        return self._tell_mirror(
             "instance_changed", self.mirror.instance_changed, service, iid, record, prepared
         )
 
-    def _mirror(self, action: str, fn: Callable[..., None], *args: Any) -> None:
+    def _tell_mirror(self, action: str, fn: Callable[..., int | None], *args: Any) -> int | None:
         # DynamoDB already has the write; a mirror failure is repaired by the reconciler.
+        # Returns the zxid that published the change (None: not mirrored now).
         try:
-            fn(*args)
+            return fn(*args)
         except Exception:
             log.exception("mirror %s failed; the reconciler will repair it", action)
+            return None
+
+    def service_changed(self, name: str) -> None:
+        """Tell the mirror the service as stored now (after a write that changed its record,
+        such as a config write's `config_version`); never raises."""
+
+        def tell() -> None:
+            record = self.find_service(name)
+            if record is not None:
+                self.mirror.put_service(record)
+
+        self._tell_mirror("put_service", tell)
 
     # ---------------------------------------------------------------- services
 
-    def _load_service(self, name: str) -> Any:
-        with _store("reading a service"):
-            try:
-                return self.models.Service.get(name, consistent_read=True)
-            except self.models.Service.DoesNotExist:
-                raise NotFound(f"service {name!r} does not exist") from None
+    def _load_service(self, name: str) -> ServiceModel:
+        m = self.store.get(self.models.Service, name, action="reading a service")
+        if m is None:
+            raise NotFound(f"service {name!r} does not exist")
+        return m
 
     def get_service(self, name: str) -> Service:
         """Return one service or raise NotFound."""
@@ -173,7 +142,7 @@ class Registry:
 
     def create_service(self, data: Mapping[str, Any]) -> Service:
         """Create a service; 409 if the name is taken."""
-        now = self._now()
+        now = self.now()
         m = self.models.Service(
             data["name"],
             description=data.get("description") or "",
@@ -184,48 +153,37 @@ class Registry:
             config_version=0,
             created_at=now,
             updated_at=now,
+            version=1,
         )
         self._set_health_check(m, data.get("health_check"))
-        with _store("creating the service"):
-            try:
-                m.save()
-            except PynamoDBException as exc:
-                if _conditional(exc):
-                    raise Conflict(
-                        f"service {data['name']!r} already exists", {"name": ["Already exists."]}
-                    ) from None
-                raise
+        try:
+            self.store.put(
+                m,
+                action="creating the service",
+                condition=self.models.Service.name.does_not_exist(),
+            )
+        except ConditionFailed:
+            raise Conflict(
+                f"service {data['name']!r} already exists", {"name": ["Already exists."]}
+            ) from None
         record = self.service_record(m)
-        self._mirror("put_service", self.mirror.put_service, record)
+        self._tell_mirror("put_service", self.mirror.put_service, record)
         return record
 
     @staticmethod
-    def _set_health_check(m: Any, hc: Mapping[str, Any] | None) -> None:
-        if hc is None:
-            m.health_check = None
-            return
-        attr = type(m).health_check.__class__
-        m.health_check = attr(
-            path=hc["path"], interval_s=hc.get("interval_s", 10), timeout_s=hc.get("timeout_s", 2)
-        )
+    def _set_health_check(m: ServiceModel, hc: Mapping[str, Any] | None) -> None:
+        m.health_check = _health_check(hc) if hc is not None else None
 
     def list_services(self, limit: int, cursor: str | None = None) -> Page:
         """One page of services, in table order."""
-        start = decode_cursor(cursor, ("name",)) if cursor else None
-        with _store("listing services"):
-            items = list(
-                self.models.Service.scan(
-                    limit=limit + 1,
-                    page_size=limit + 1,
-                    last_evaluated_key=start,
-                    consistent_read=True,
-                )
-            )
-        next_cursor = None
-        if len(items) > limit:
-            items = items[:limit]
-            next_cursor = encode_cursor({"name": {"S": items[-1].name}})
-        return Page([self.service_record(m) for m in items], next_cursor)
+        return paginate(
+            lambda **page: self.models.Service.scan(consistent_read=True, **page),
+            limit=limit,
+            start=SERVICE_CURSOR.decode(cursor),
+            key=SERVICE_CURSOR,
+            convert=self.service_record,
+            action="listing services",
+        )
 
     def update_service(
         self, name: str, changes: Mapping[str, Any], if_match: int | None = None
@@ -246,12 +204,7 @@ class Registry:
                 if value is None:
                     actions.append(attr.remove())
                 else:
-                    hc = type(attr)(
-                        path=value["path"],
-                        interval_s=value.get("interval_s", 10),
-                        timeout_s=value.get("timeout_s", 2),
-                    )
-                    actions.append(attr.set(hc))
+                    actions.append(attr.set(_health_check(value)))
             elif key == "tags":
                 actions.append(attr.set(list(value or [])))
             elif key in ("description", "owner"):
@@ -260,34 +213,28 @@ class Registry:
                 actions.append(attr.remove())
             else:
                 actions.append(attr.set(value))
-        actions += [model.updated_at.set(self._now()), model.version.add(1)]
-        condition = model.name.exists() & (model.deleting == False)  # noqa: E712
+        actions += [model.updated_at.set(self.now()), model.version.add(1)]
+        condition = model.live()
         if if_match is not None:
             condition &= model.version == if_match
-        raw: dict[str, Any] | None = None
-        for _ in range(MAX_RACE_RETRIES):
-            with _store("updating the service"):
-                try:
-                    raw = model._get_connection().update_item(
-                        name, actions=actions, condition=condition, return_values="ALL_NEW"
-                    )
-                    break
-                except PynamoDBException as exc:
-                    if not _conditional(exc):
-                        raise
-            current = self._load_service(name)  # NotFound if it is gone
-            if current.deleting:
-                raise Conflict(f"service {name!r} is being deleted")
-            if if_match is not None and current.version != if_match:
-                raise PreconditionFailed(
-                    f"service {name!r} is at version {current.version}, not {if_match}"
+        for _ in race_retries(f"service {name!r}"):
+            try:
+                stored = self.store.update(
+                    model(name), actions, action="updating the service", condition=condition
                 )
-            # A plain DELETE marked the service for a moment and let go: try again.
-        if raw is None:
-            raise Conflict(f"service {name!r} kept changing; retry")
-        record = self.service_record(model.from_raw_data(raw["Attributes"]))
-        self._mirror("put_service", self.mirror.put_service, record)
-        return record
+            except ConditionFailed:
+                current = self._load_service(name)  # NotFound if it is gone
+                if current.deleting:
+                    raise Conflict(f"service {name!r} is being deleted") from None
+                if if_match is not None and current.version != if_match:
+                    raise PreconditionFailed(
+                        f"service {name!r} is at version {current.version}, not {if_match}"
+                    ) from None
+                continue  # a plain DELETE marked the service for a moment and let go
+            record = self.service_record(stored)
+            self._tell_mirror("put_service", self.mirror.put_service, record)
+            return record
+        raise AssertionError("unreachable: race_retries raises when the attempts are spent")
 
     def _mark_deleting(self, name: str, owner: str, version: int | None, take_over: bool) -> None:
         """Set `deleting` (without bumping the version clients hold in ETags).
@@ -301,47 +248,43 @@ class Registry:
             condition &= svc.deleting == False  # noqa: E712
         if version is not None:
             condition &= svc.version == version
-        with _store("marking the service"):
-            try:
-                svc._get_connection().update_item(
-                    name,
-                    actions=[svc.deleting.set(True), svc.deleting_by.set(owner)],
-                    condition=condition,
-                )
-            except PynamoDBException as exc:
-                if not _conditional(exc):
-                    raise
-                current = self._load_service(name)
-                if current.deleting:
-                    raise Conflict(f"service {name!r} is being deleted") from None
-                raise PreconditionFailed(f"service {name!r} changed concurrently") from None
+        try:
+            self.store.update(
+                svc(name),
+                [svc.deleting.set(True), svc.deleting_by.set(owner)],
+                action="marking the service",
+                condition=condition,
+            )
+        except ConditionFailed:
+            current = self._load_service(name)
+            if current.deleting:
+                raise Conflict(f"service {name!r} is being deleted") from None
+            raise PreconditionFailed(f"service {name!r} changed concurrently") from None
 
     def _unmark_deleting(self, name: str, owner: str) -> None:
         """Clear `deleting` if this DELETE still owns the mark (a cascade may have taken it)."""
         svc = self.models.Service
-        with _store("unmarking the service"):
-            try:
-                svc._get_connection().update_item(
-                    name,
-                    actions=[svc.deleting.set(False), svc.deleting_by.remove()],
-                    condition=svc.deleting_by == owner,
-                )
-            except PynamoDBException as exc:
-                if not _conditional(exc):
-                    raise
+        # A failed condition means a cascade took the mark over: it is the cascade's to clear.
+        with suppress(ConditionFailed):
+            self.store.update(
+                svc(name),
+                [svc.deleting.set(False), svc.deleting_by.remove()],
+                action="unmarking the service",
+                condition=svc.deleting_by == owner,
+            )
 
     def has_children(self, name: str) -> bool:
         """True while the service has instances or config keys that are not deleted."""
-        with _store("checking the service's instances"):
+        with operation("checking the service's instances"):
             if next(iter(self.models.Instance.query(name, limit=1, page_size=1)), None) is not None:
                 return True
-        with _store("checking the service's config"):
+        with operation("checking the service's config"):
             return any(not m.deleted for m in self.models.Config.query(name, consistent_read=True))
 
     def _purge_config_and_tokens(self, name: str) -> None:
         # Config history and tokens go with the service: a later service of the same name
         # must not inherit old secrets or accept old tokens.
-        with _store("deleting the service's config"):
+        with operation("deleting the service's config"):
             keys = [m.key for m in self.models.Config.query(name, consistent_read=True)]
             for key in keys:
                 versions = list(
@@ -353,7 +296,7 @@ class Registry:
             with self.models.Config.batch_write() as batch:
                 for key in keys:
                     batch.delete(self.models.Config(name, key))
-        with _store("deleting the service's tokens"):
+        with operation("deleting the service's tokens"):
             tokens = list(self.models.Token.by_service.query(name))
             with self.models.Token.batch_write() as batch:
                 for t in tokens:
@@ -380,49 +323,39 @@ class Registry:
         # Every step checks that this DELETE still owns the mark: a second cascade (a client's
         # retry) that finds the service re-created after the first one finished must not
         # delete the new service's instances, config or tokens.
-        with _store("deleting the service's instances"):
-            for inst in self.models.Instance.query(name, consistent_read=True):
-                try:
-                    with TransactWrite(connection=svc._get_connection().connection) as tx:
-                        tx.condition_check(svc, name, condition=owned)
-                        tx.delete(inst, add_version_condition=False)
-                except TransactWriteError as exc:
-                    if (_cancellation_codes(exc) or [None])[0] == "ConditionalCheckFailed":
-                        return  # another DELETE took over, or this service is a new one
-                    raise
+        with operation("deleting the service's instances"):
+            instances = list(self.models.Instance.query(name, consistent_read=True))
+        for inst in instances:
+            try:
+                with self.store.transaction("deleting the service's instances") as tx:
+                    tx.check("service", svc, name, condition=owned)
+                    tx.delete("instance", inst)
+            except TransactionCanceled as canceled:
+                if canceled.failed("service"):
+                    return  # another DELETE took over, or this service is a new one
+                raise
         if not self._owns(name, owner):
             return
         self._purge_config_and_tokens(name)
-        with _store("deleting the service"):
-            try:
-                svc(name).delete(condition=owned, add_version_condition=False)
-            except PynamoDBException as exc:
-                if _conditional(exc):
-                    return
-                raise
+        try:
+            self.store.delete(svc(name), action="deleting the service", condition=owned)
+        except ConditionFailed:
+            return
         # The tokens index is eventually consistent: sweep once more, now that no token can be
         # issued for this name (unless it was created again meanwhile).
         if self.find_service(name) is None:
             self._purge_config_and_tokens(name)
-        self._mirror("delete_service", self.mirror.delete_service, name)
+        self._tell_mirror("delete_service", self.mirror.delete_service, name)
 
     def _owns(self, name: str, owner: str) -> bool:
         """True while the service exists and its `deleting` mark is this DELETE's."""
-        with _store("reading a service"):
-            try:
-                m = self.models.Service.get(name, consistent_read=True)
-            except self.models.Service.DoesNotExist:
-                return False
-        return bool(m.deleting_by == owner)
+        m = self.store.get(self.models.Service, name, action="reading a service")
+        return m is not None and m.deleting_by == owner
 
     # --------------------------------------------------------------- instances
 
-    def _get_instance_model(self, service: str, iid: str) -> Any | None:
-        with _store("reading an instance"):
-            try:
-                return self.models.Instance.get(service, iid, consistent_read=True)
-            except self.models.Instance.DoesNotExist:
-                return None
+    def _get_instance_model(self, service: str, iid: str) -> InstanceModel | None:
+        return self.store.get(self.models.Instance, service, iid, action="reading an instance")
 
     def get_instance(self, service: str, host: str, port: int) -> Instance:
         """Return one instance or raise NotFound."""
@@ -444,15 +377,16 @@ class Registry:
         """Attach or replace an instance; returns (record, created)."""
         iid = instance_id(host, port)
         svc = self.models.Service
-        for _ in range(MAX_RACE_RETRIES):
+        model = self.models.Instance
+        for _ in race_retries(f"instance {iid}"):
             existing = self._get_instance_model(service, iid)
             if existing is not None and if_none_match:
                 raise PreconditionFailed(f"instance {iid} already exists")
             if if_match is not None and (existing is None or int(existing.version) != if_match):
                 raise PreconditionFailed(f"instance {iid} is not at version {if_match}")
-            now = self._now()
+            now = self.now()
             enabled = bool(data.get("enabled", True))
-            m = self.models.Instance(
+            m = model(
                 service,
                 iid,
                 host=host,
@@ -464,70 +398,54 @@ class Registry:
                 disabled_reason=None if enabled else data.get("disabled_reason"),
                 created_at=existing.created_at if existing is not None else now,
                 updated_at=now,
+                version=int(existing.version) + 1 if existing is not None else 1,
             )
-            if existing is not None:
-                m.version = existing.version
+            unchanged = (
+                model.instance_id.does_not_exist()
+                if existing is None
+                else model.version == existing.version
+            )
             prepared = self._prepare(service, iid)
             try:
-                with (
-                    _store("attaching the instance"),
-                    TransactWrite(connection=svc._get_connection().connection) as tx,
-                ):
-                    tx.condition_check(
+                with self.store.transaction("attaching the instance") as tx:
+                    tx.check(
+                        "service",
                         svc,
                         service,
-                        condition=svc.name.exists() & (svc.deleting == False),  # noqa: E712
+                        condition=svc.live(),
                     )
-                    tx.save(m)
-            except Unavailable as exc:
-                reasons = _cancellation_codes(exc.__cause__)
-                if reasons is None:
-                    raise
-                if reasons[0] == "ConditionalCheckFailed":
+                    tx.save("instance", m, condition=unchanged)
+            except TransactionCanceled as canceled:
+                if canceled.failed("service"):
                     current = self._load_service(service)  # raises NotFound if gone
                     if current.deleting:
                         raise Conflict(f"service {service!r} is being deleted") from None
                     continue
-                if len(reasons) > 1 and reasons[1] == "ConditionalCheckFailed":
-                    if if_match is not None or if_none_match:
-                        raise PreconditionFailed(f"instance {iid} changed concurrently") from None
-                    continue
-                raise
+                if if_match is not None or if_none_match:
+                    raise PreconditionFailed(f"instance {iid} changed concurrently") from None
+                continue
             record = self.instance_record(m)
             self._instance_changed(service, iid, record, prepared)
             return record, existing is None
-        raise Conflict(f"instance {iid} kept changing; retry")
+        raise AssertionError("unreachable: race_retries raises when the attempts are spent")
 
     def list_instances(self, service: str, limit: int, cursor: str | None = None) -> Page:
         """One page of a service's instances, ordered by id."""
-        start = decode_cursor(cursor, ("service", "instance_id")) if cursor else None
-        if start is not None and start["service"]["S"] != service:
-            raise ValidationFailed(
-                "cursor belongs to another listing", {"cursor": ["Not a cursor of this listing."]}
-            )
-        with _store("listing instances"):
-            items = list(
-                self.models.Instance.query(
-                    service,
-                    limit=limit + 1,
-                    page_size=limit + 1,
-                    last_evaluated_key=start,
-                    consistent_read=True,
-                )
-            )
-        if not items:
+        page = paginate(
+            lambda **kw: self.models.Instance.query(service, consistent_read=True, **kw),
+            limit=limit,
+            start=INSTANCE_CURSOR.decode(cursor, service=service),
+            key=INSTANCE_CURSOR,
+            convert=self.instance_record,
+            action="listing instances",
+        )
+        if not page.items:
             self._load_service(service)  # an empty page of a missing service is a 404
-        next_cursor = None
-        if len(items) > limit:
-            items = items[:limit]
-            next_cursor = encode_cursor(
-                {"service": {"S": service}, "instance_id": {"S": items[-1].instance_id}}
-            )
-        return Page([self.instance_record(m) for m in items], next_cursor)
+        return page
 
     def all_instances(self, service: str) -> list[Instance]:
         """Every instance of a service (for the mirror)."""
-        with _store("listing instances"):
+        with operation("listing instances"):
             return [
                 self.instance_record(m)
                 for m in self.models.Instance.query(service, consistent_read=True)
@@ -559,24 +477,21 @@ class Registry:
                 actions.append(attr.set(value))
         if clears_reason:
             actions.append(model.disabled_reason.remove())
-        actions += [model.updated_at.set(self._now()), model.version.add(1)]
+        actions += [model.updated_at.set(self.now()), model.version.add(1)]
         condition = model.service.exists()
         if if_match is not None:
             condition &= model.version == if_match
         prepared = self._prepare(service, iid)
-        with _store("updating the instance"):
-            try:
-                raw = model._get_connection().update_item(
-                    service, iid, actions=actions, condition=condition, return_values="ALL_NEW"
-                )
-            except PynamoDBException as exc:
-                if not _conditional(exc):
-                    raise
-                if self._get_instance_model(service, iid) is None:
-                    self._load_service(service)
-                    raise NotFound(f"instance {iid} of {service!r} does not exist") from None
-                raise PreconditionFailed(f"instance {iid} is not at version {if_match}") from None
-        record = self.instance_record(model.from_raw_data(raw["Attributes"]))
+        try:
+            stored = self.store.update(
+                model(service, iid), actions, action="updating the instance", condition=condition
+            )
+        except ConditionFailed:
+            if self._get_instance_model(service, iid) is None:
+                self._load_service(service)
+                raise NotFound(f"instance {iid} of {service!r} does not exist") from None
+            raise PreconditionFailed(f"instance {iid} is not at version {if_match}") from None
+        record = self.instance_record(stored)
         self._instance_changed(service, iid, record, prepared)
         return record
 
@@ -587,33 +502,37 @@ class Registry:
         changes: Mapping[str, Any],
         if_match: int | None = None,
     ) -> Instance:
-        for _ in range(MAX_RACE_RETRIES):
+        model = self.models.Instance
+        for _ in race_retries(f"instance {iid}"):
             m = self._get_instance_model(service, iid)
             if m is None:
                 self._load_service(service)
                 raise NotFound(f"instance {iid} of {service!r} does not exist")
-            if if_match is not None and int(m.version) != if_match:
+            read = int(m.version)
+            if if_match is not None and read != if_match:
                 raise PreconditionFailed(f"instance {iid} is not at version {if_match}")
             for key in INSTANCE_FIELDS:
                 if key in changes:
                     setattr(m, key, dict(changes[key] or {}) if key == "labels" else changes[key])
             if m.enabled:
                 m.disabled_reason = None
-            m.updated_at = self._now()
+            m.updated_at = self.now()
+            m.version = read + 1
             prepared = self._prepare(service, iid)
-            with _store("updating the instance"):
-                try:
-                    m.save(condition=self.models.Instance.service.exists())
-                except PynamoDBException as exc:
-                    if not _conditional(exc):
-                        raise
-                    if if_match is not None:
-                        raise PreconditionFailed(f"instance {iid} changed concurrently") from None
-                    continue
+            try:
+                self.store.put(
+                    m,
+                    action="updating the instance",
+                    condition=model.service.exists() & (model.version == read),
+                )
+            except ConditionFailed:
+                if if_match is not None:
+                    raise PreconditionFailed(f"instance {iid} changed concurrently") from None
+                continue
             record = self.instance_record(m)
             self._instance_changed(service, iid, record, prepared)
             return record
-        raise Conflict(f"instance {iid} kept changing; retry")
+        raise AssertionError("unreachable: race_retries raises when the attempts are spent")
 
     def update_instance(
         self,
@@ -638,20 +557,23 @@ class Registry:
         if if_match is not None and int(m.version) != if_match:
             raise PreconditionFailed(f"instance {iid} is at version {m.version}, not {if_match}")
         prepared = self._prepare(service, iid)
-        with _store("detaching the instance"):
-            try:
-                m.delete(add_version_condition=if_match is not None)
-            except PynamoDBException as exc:
-                if _conditional(exc):
-                    raise PreconditionFailed(f"instance {iid} changed concurrently") from None
-                raise
+        try:
+            self.store.delete(
+                m,
+                action="detaching the instance",
+                condition=self.models.Instance.version == m.version
+                if if_match is not None
+                else None,
+            )
+        except ConditionFailed:
+            raise PreconditionFailed(f"instance {iid} changed concurrently") from None
         self._instance_changed(service, iid, None, prepared)
 
     # ------------------------------------------------------------------- hosts
 
     def host_instances(self, host: str) -> list[Instance]:
         """Every instance on a host, across services (a GSI: eventually consistent)."""
-        with _store("listing the host's instances"):
+        with operation("listing the host's instances"):
             return [self.instance_record(m) for m in self.models.Instance.by_host.query(host)]
 
     def set_host_enabled(
@@ -676,11 +598,8 @@ class Registry:
 
     def find_service(self, name: str) -> Service | None:
         """The service as stored now (consistent read), or None."""
-        with _store("reading a service"):
-            try:
-                return self.service_record(self.models.Service.get(name, consistent_read=True))
-            except self.models.Service.DoesNotExist:
-                return None
+        m = self.store.get(self.models.Service, name, action="reading a service")
+        return self.service_record(m) if m is not None else None
 
     def find_instance(self, service: str, iid: str) -> Instance | None:
         """The instance as stored now (consistent read), or None."""
@@ -688,35 +607,30 @@ class Registry:
         return self.instance_record(m) if m is not None else None
 
     def scan_services(self) -> list[Service]:
-        """Every service of the realm (consistent scan)."""
-        with _store("scanning services"):
-            return [self.service_record(m) for m in self.models.Service.scan(consistent_read=True)]
+        """Every service of the realm (consistent scan in bounded, retried pages)."""
+        return [
+            self.service_record(m)
+            for m in self.store.scan(self.models.Service, "scanning services")
+        ]
 
     def iter_instances(self) -> Iterator[Instance]:
-        """Every instance of the realm, streamed in scan order (consistent scan)."""
-        with _store("scanning instances"):
-            for m in self.models.Instance.scan(consistent_read=True):
-                yield self.instance_record(m)
+        """Every instance of the realm, streamed (consistent scan in bounded, retried pages).
 
-    def scan_instances(self) -> dict[str, list[Instance]]:
-        """Every instance of the realm, grouped by service (consistent scan)."""
-        out: dict[str, list[Instance]] = {}
-        for inst in self.iter_instances():
-            out.setdefault(inst.service, []).append(inst)
-        return out
+        The instances of one service arrive together, one run after another (see Store.scan).
+        """
+        for m in self.store.scan(self.models.Instance, "scanning instances"):
+            yield self.instance_record(m)
 
     # ------------------------------------------------------------------ health
 
     def check_store(self) -> None:
         """Raise Unavailable unless every table answers."""
-        with _store("the readiness check"):
+        with operation("the readiness check"):
             for model in self.models.all():
                 model.describe_table()
 
 
-def _cancellation_codes(exc: BaseException | None) -> list[str | None] | None:
-    if not isinstance(exc, TransactWriteError):
-        return None
-    if exc.cause_response_code != "TransactionCanceledException":
-        return None
-    return [r.code if r is not None else None for r in exc.cancellation_reasons]
+def _health_check(hc: Mapping[str, Any]) -> HealthCheckAttribute:
+    return HealthCheckAttribute(
+        path=hc["path"], interval_s=hc.get("interval_s", 10), timeout_s=hc.get("timeout_s", 2)
+    )

@@ -7,21 +7,18 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
-from pynamodb.transactions import TransactWrite
+from cachetools import TTLCache
 
-from atlas.errors import Conflict, NotFound, Unavailable, ValidationFailed
+from atlas.errors import Conflict, NotFound
+from atlas.registry.models import TokenModel
 from atlas.registry.records import Page, ServiceToken
-from atlas.registry.service import (
-    Registry,
-    _cancellation_codes,
-    _store,
-    decode_cursor,
-    encode_cursor,
-)
+from atlas.registry.service import Registry
+from atlas.registry.store import CursorKey, TransactionCanceled, operation, paginate
 
 TOKEN_PREFIX = "atl_"
+CACHE_ENTRIES = 10_000
+TOKEN_CURSOR = CursorKey(("service", "id", "token_hash"))
 
 
 def hash_token(token: str) -> str:
@@ -35,20 +32,27 @@ def token_id(token: str) -> str:
 
 
 class TokenStore:
-    """Service tokens of one realm, with an optional short positive cache for lookups."""
+    """Service tokens of one realm, with an optional short positive cache for lookups.
+
+    Thread-safe: the cache (a cachetools TTLCache, which is not) is used under a lock.
+    """
 
     def __init__(
         self, registry: Registry, cache_s: float = 0.0, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.registry = registry
         self.models = registry.models
+        self.store = registry.store
         self.cache_s = cache_s
         self.clock = clock
-        self._cache: dict[str, tuple[ServiceToken, float]] = {}
+        # hash -> record of a valid token; bounded, every entry expires cache_s after lookup.
+        self._cache: TTLCache[str, ServiceToken] | None = (
+            TTLCache(maxsize=CACHE_ENTRIES, ttl=cache_s, timer=clock) if cache_s > 0 else None
+        )
         self._lock = threading.Lock()
 
     @staticmethod
-    def _record(m: Any) -> ServiceToken:
+    def _record(m: TokenModel) -> ServiceToken:
         return ServiceToken(
             id=m.id,
             service=m.service,
@@ -66,88 +70,67 @@ class TokenStore:
             id=token_id(token),
             service=service,
             description=description,
-            created_at=self.registry._now(),
+            created_at=self.registry.now(),
             created_by=by,
         )
         try:
-            with (
-                _store("issuing the token"),
-                TransactWrite(connection=svc._get_connection().connection) as tx,
-            ):
-                tx.condition_check(
+            with self.store.transaction("issuing the token") as tx:
+                tx.check(
+                    "service",
                     svc,
                     service,
-                    condition=svc.name.exists() & (svc.deleting == False),  # noqa: E712
+                    condition=svc.live(),
                 )
-                tx.save(m, condition=self.models.Token.token_hash.does_not_exist())
-        except Unavailable as exc:
-            reasons = _cancellation_codes(exc.__cause__)
-            if (
-                reasons
-                and reasons[0] == "ConditionalCheckFailed"
-                and self.registry._load_service(service).deleting
-            ):
+                tx.save("token", m, condition=self.models.Token.token_hash.does_not_exist())
+        except TransactionCanceled as canceled:
+            # get_service raises NotFound for a service that is gone
+            if canceled.failed("service") and self.registry.get_service(service).deleting:
                 raise Conflict(f"service {service!r} is being deleted") from None
             raise
         return self._record(m), token
 
     def list(self, service: str, limit: int, cursor: str | None = None) -> Page:
         """One page of a service's tokens (ids and metadata only), ordered by id."""
-        start = decode_cursor(cursor, ("service", "id", "token_hash")) if cursor else None
-        if start is not None and start["service"]["S"] != service:
-            raise ValidationFailed(
-                "cursor belongs to another listing", {"cursor": ["Not a cursor of this listing."]}
-            )
-        self.registry._load_service(service)
-        with _store("listing tokens"):
-            items = list(
-                self.models.Token.by_service.query(
-                    service, limit=limit + 1, page_size=limit + 1, last_evaluated_key=start
-                )
-            )
-        next_cursor = None
-        if len(items) > limit:
-            items = items[:limit]
-            last = items[-1]
-            next_cursor = encode_cursor(
-                {
-                    "service": {"S": service},
-                    "id": {"S": last.id},
-                    "token_hash": {"S": last.token_hash},
-                }
-            )
-        return Page([self._record(m) for m in items], next_cursor)
+        start = TOKEN_CURSOR.decode(cursor, service=service)
+        self.registry.get_service(service)
+        return paginate(
+            lambda **kw: self.models.Token.by_service.query(service, **kw),
+            limit=limit,
+            start=start,
+            key=TOKEN_CURSOR,
+            convert=self._record,
+            action="listing tokens",
+        )
 
     def revoke(self, service: str, tid: str) -> None:
         """Revoke one token of a service by its id; 404 if there is none."""
-        with _store("revoking the token"):
+        with operation("revoking the token"):
             found = list(self.models.Token.by_service.query(service, self.models.Token.id == tid))
-            if not found:
-                self.registry._load_service(service)
-                raise NotFound(f"service {service!r} has no token {tid!r}")
-            for m in found:
-                m.delete()
-        with self._lock:
-            self._cache = {h: v for h, v in self._cache.items() if v[0].id != tid}
+        if not found:
+            self.registry.get_service(service)
+            raise NotFound(f"service {service!r} has no token {tid!r}")
+        for m in found:
+            self.store.delete(m, action="revoking the token")
+        if self._cache is not None:
+            with self._lock:
+                for digest in [h for h, rec in self._cache.items() if rec.id == tid]:
+                    self._cache.pop(digest, None)
 
     def lookup(self, token: str) -> ServiceToken | None:
         """The token's record if the token is valid, else None (one GetItem by hash)."""
         if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
             return None
         digest = hash_token(token)
-        if self.cache_s > 0:
+        if self._cache is not None:
             with self._lock:
                 hit = self._cache.get(digest)
-            if hit is not None and hit[1] > self.clock():
-                return hit[0]
-        with _store("checking the token"):
-            try:
-                record = self._record(self.models.Token.get(digest, consistent_read=True))
-            except self.models.Token.DoesNotExist:
-                return None
-        if self.cache_s > 0:
+            if hit is not None:
+                return hit
+        m = self.store.get(self.models.Token, digest, action="checking the token")
+        if m is None:
+            return None
+        record = self._record(m)
+        if self._cache is not None:
             with self._lock:
-                if len(self._cache) > 10_000:
-                    self._cache.clear()
-                self._cache[digest] = (record, self.clock() + self.cache_s)
+                self._cache[digest] = record
         return record

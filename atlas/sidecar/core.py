@@ -40,6 +40,7 @@ from atlas.sidecar.haproxy import (
 from atlas.sidecar.model import HealthCheck, Instance, Service, Snapshot
 from atlas.sidecar.plan import (
     RuntimeOp,
+    addable,
     admin_state,
     empty_ops,
     fill_ops,
@@ -765,6 +766,9 @@ class Sidecar:
         # A new service, or one whose backend cannot take the change: a fresh backend.
         if not self.map_mode:
             self._lagging(name, f"service {name}: new structure, waiting for a reload")
+            return
+        if not all(addable(i) for i in want.instances):
+            self._lagging(name, f"service {name}: a hostname instance needs a reload")
             return
         target = self._own_backend_free(name, want, running) or self._take_spare()
         if target is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from atlas.contract import is_ip
 from atlas.sidecar.model import Instance, Service, Snapshot
 from atlas.sidecar.render import server_args, server_ids, server_name
 
@@ -121,6 +122,15 @@ def delete_op(backend: str, inst: Instance) -> RuntimeOp:
     )
 
 
+def addable(inst: Instance) -> bool:
+    """True when HAProxy can create this instance's server at runtime.
+
+    `add server` (and `set server ... addr`) does not resolve names (2.6 leaves such a server
+    with no address): only a reload, which resolves them, routes a hostname instance.
+    """
+    return is_ip(inst.address or inst.host)
+
+
 def fill_ops(backend: str, service: Service) -> list[RuntimeOp]:
     """Every server of a service, into an empty backend."""
     ids = server_ids(service)
@@ -144,9 +154,10 @@ class ServerPlan:
 def server_ops(backend: str, old: Service, new: Service) -> ServerPlan | None:
     """The runtime ops turning `old`'s servers into `new`'s in one backend.
 
-    None when it cannot be done at runtime (server ids would shift): the service needs a
-    fresh backend. A slow start change on a server that stays in traffic waits for a reload
-    (HAProxy cannot change `slowstart` at runtime); the rest is applied now.
+    None when it cannot be done at runtime (server ids would shift, or a server for a hostname
+    would be created or readdressed: see `addable`). A slow start change on a server that stays
+    in traffic waits for a reload (HAProxy cannot change `slowstart` at runtime); the rest is
+    applied now.
     """
     ops: list[RuntimeOp] = []
     b = backend
@@ -164,13 +175,17 @@ def server_ops(backend: str, old: Service, new: Service) -> ServerPlan | None:
         s = server_name(inst)
         before = old_map.get(key)
         if before is None:
+            if not addable(inst):
+                return None
             ops.append(add_op(b, new, inst, ids[key]))
             after[key] = inst
             continue
         if old_ids.get(key) != ids[key]:
             return None  # an id collision shift
+        if before.target != inst.target and not addable(inst):
+            return None
         if before.slow_start_s != inst.slow_start_s:
-            if before.enabled:
+            if before.enabled or not addable(inst):
                 complete = False  # takes effect at the next reload
                 inst_now = replace(inst, slow_start_s=before.slow_start_s)
             else:

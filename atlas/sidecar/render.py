@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from atlas.contract import HEADER_NAME_RE, REALM_RE
+from atlas.contract import HEADER_NAME_RE, REALM_RE, is_ip
 from atlas.sidecar.model import Instance, Service, Snapshot
 
 UNKNOWN_BACKEND = "atlas_unknown"
@@ -89,6 +89,10 @@ def server_ids(service: Service) -> dict[str, int]:
 def server_args(service: Service, instance: Instance, server_id: int) -> str:
     """The server keywords after the name, shared by the config file and runtime `add server`."""
     parts = [instance.target, f"id {server_id}", f"weight {instance.weight}"]
+    if not is_ip(instance.address or instance.host):
+        # A name that does not resolve must not fail `haproxy -c` for every service: that
+        # server starts without an address (out of rotation) until a reload resolves it.
+        parts.append("init-addr libc,none")
     if service.health_check is not None:
         parts.append(f"check inter {service.health_check.interval_ms}ms")
     if instance.slow_start_s:

@@ -126,22 +126,36 @@ class ZooKeeperServer:
         return self.process.running()
 
 
-class MotoServer:
-    """moto's HTTP server: a DynamoDB- and KMS-compatible endpoint, in memory."""
+MOTO_MODES = ("serialized", "unserialized", "stock")
 
-    def __init__(self, base_dir: Path, port: int | None = None) -> None:
+
+class MotoServer:
+    """moto's HTTP server: a DynamoDB- and KMS-compatible endpoint, in memory.
+
+    `mode` "serialized" (the default, wherever Atlas starts moto) serves one request at a time,
+    which makes it linearizable like DynamoDB (see atlas.stack.motoserver); "unserialized" is
+    the same server without the lock, "stock" is `python -m moto.server` itself. The last two
+    lose conditional writes under concurrency: only benchmarks and demonstrations use them.
+    """
+
+    def __init__(self, base_dir: Path, port: int | None = None, mode: str = "serialized") -> None:
+        if mode not in MOTO_MODES:
+            raise ValueError(f"moto mode must be one of {MOTO_MODES}, not {mode!r}")
         self.base_dir = Path(base_dir)
         self.port = port or free_port()
+        self.mode = mode
         env = dict(os.environ)
         env.setdefault("AWS_ACCESS_KEY_ID", "testing")
         env.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
         env.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-        self.process = ManagedProcess(
-            "moto",
-            [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(self.port)],
-            self.base_dir / "moto.log",
-            env=env,
-        )
+        if mode == "stock":
+            argv = [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(self.port)]
+        else:
+            argv = [sys.executable, "-m", "atlas.stack.motoserver", "-H", LOOPBACK]
+            argv += ["-p", str(self.port)]
+            if mode == "unserialized":
+                argv.append("--unserialized")
+        self.process = ManagedProcess("moto", argv, self.base_dir / "moto.log", env=env)
 
     @property
     def url(self) -> str:
@@ -163,7 +177,10 @@ class MotoServer:
 
 
 class AtlasServer:
-    """Atlas under real gunicorn, configured by ATLAS_* variables."""
+    """Atlas under real gunicorn with `atlas.gunicorn_conf`, configured by ATLAS_* variables.
+
+    Everything gunicorn and the app log (access log included) goes to `<base_dir>/<name>.log`.
+    """
 
     def __init__(
         self,
@@ -174,27 +191,26 @@ class AtlasServer:
         threads: int = 4,
         app: str = "atlas.wsgi:app",
         name: str = "atlas",
+        preload: bool = False,
+        graceful_timeout: int = 5,
     ) -> None:
         self.base_dir = Path(base_dir)
         self.port = port or free_port()
         full_env = dict(os.environ)
         full_env.update(env)
         self.env = full_env
-        self.process = ManagedProcess(
-            name,
-            [
-                sys.executable, "-m", "gunicorn",
-                "--bind", f"{LOOPBACK}:{self.port}",
-                "--workers", str(workers),
-                "--worker-class", "gthread",
-                "--threads", str(threads),
-                "--graceful-timeout", "5",
-                "--access-logfile", str(self.base_dir / f"{name}-access.log"),
-                app,
-            ],
-            self.base_dir / f"{name}.log",
-            env=full_env,
-        )  # fmt: skip
+        argv = [
+            sys.executable, "-m", "gunicorn",
+            "--config", "python:atlas.gunicorn_conf",
+            "--bind", f"{LOOPBACK}:{self.port}",
+            "--workers", str(workers),
+            "--threads", str(threads),
+            "--graceful-timeout", str(graceful_timeout),
+        ]  # fmt: skip
+        if preload:
+            argv.append("--preload")
+        self.log_path = self.base_dir / f"{name}.log"
+        self.process = ManagedProcess(name, [*argv, app], self.log_path, env=full_env)
 
     @property
     def url(self) -> str:

@@ -16,7 +16,14 @@ import pytest
 from flask import Flask
 from kazoo.client import KazooClient
 
-from atlas.client.config import ConfigLoadError, MissingSettings, Settings, init_app, load, watch
+from atlas.client.config import (
+    ConfigLoadError,
+    MissingSettings,
+    ServiceSettings,
+    init_app,
+    load,
+    watch,
+)
 from atlas.stack import AtlasServer, MotoServer, ZooKeeperServer
 from tests.config import defaults_example
 from tests.config.conftest import SECRET, raw_items
@@ -215,8 +222,8 @@ def test_live_reload_by_poll_and_by_zookeeper_stamp(
     kw: dict[str, Any] = {"atlas_url": atlas.url, "token": token, "cache_dir": tmp_path,
                           "cache_key": CACHE_KEY}  # fmt: skip
     current = load("web", **kw)
-    polled: list[Settings] = []
-    stamped: list[Settings] = []
+    polled: list[ServiceSettings] = []
+    stamped: list[ServiceSettings] = []
     w1 = watch("web", polled.append, current=current, interval=0.1, **kw)
     w2 = watch("web", stamped.append, current=current, zk_hosts=zk_server.address, **kw)
     try:

@@ -192,7 +192,7 @@ def test_reconcile_once_cli_rebuilds_from_dynamodb(
     env = dict(os.environ, ATLAS_REALM=realm, ATLAS_DYNAMODB_ENDPOINT=moto_server.url,
                ATLAS_ZK_HOSTS=zk_server.address, ATLAS_ADMIN_TOKENS="x" * 16)  # fmt: skip
     out = subprocess.run(
-        [sys.executable, "-m", "atlas.cli", "reconcile", "--once"],
+        [sys.executable, "-m", "atlas.cli", "reconcile"],
         env=env, capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
     report = json.loads(out.stdout)

@@ -3,96 +3,19 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from kazoo.client import KazooClient
 
 from atlas.contract import Layout
-from atlas.mirror import MirrorConflict, ZkMirror, plan
+from atlas.mirror import MirrorConflict, diff_subtree
 from atlas.mirror.payloads import desired_tree
-from atlas.registry import Instance, Service
 from atlas.stack import ZooKeeperServer
+from tests.integration import scripted
+from tests.integration.scripted import MakeMirror, ScriptedTruth, expected, inst, svc, tree
 
-MakeMirror = Callable[["ScriptedTruth"], ZkMirror]
-
-
-def svc(name: str) -> Service:
-    t = "2026-01-01T00:00:00.000Z"
-    return Service(name, "", "", 80, None, (), 1, t, t)
-
-
-def inst(service: str, n: int, weight: int = 100) -> Instance:
-    t = "2026-01-01T00:00:00.000Z"
-    return Instance(service, f"10.0.0.{n}", 80, True, weight, None, {}, None, 1, t, t)
-
-
-class ScriptedTruth:
-    """A Source whose instance scan returns items in a given (possibly split) order."""
-
-    def __init__(self, services: list[Service], scan_order: list[Instance]) -> None:
-        self.services = services
-        self.order = scan_order
-
-    def find_service(self, name: str) -> Service | None:
-        return next((s for s in self.services if s.name == name), None)
-
-    def find_instance(self, service: str, iid: str) -> Instance | None:
-        return next((i for i in self.order if i.service == service and i.id == iid), None)
-
-    def all_instances(self, service: str) -> list[Instance]:
-        return [i for i in self.order if i.service == service]
-
-    def scan_services(self) -> list[Service]:
-        return list(self.services)
-
-    def scan_instances(self) -> dict[str, list[Instance]]:
-        out: dict[str, list[Instance]] = {}
-        for i in self.order:
-            out.setdefault(i.service, []).append(i)
-        return out
-
-    def iter_instances(self) -> Iterator[Instance]:
-        yield from self.order
-
-
-def tree(zk: str, realm: str) -> dict[str, bytes]:
-    k = KazooClient(zk)
-    k.start()
-    out = {}
-    layout = Layout(realm)
-    for root in (layout.services, layout.config):
-        for name in k.get_children(root):
-            out[f"{root}/{name}"] = k.get(f"{root}/{name}")[0]
-            for child in k.get_children(f"{root}/{name}"):
-                out[f"{root}/{name}/{child}"] = k.get(f"{root}/{name}/{child}")[0]
-    k.stop()
-    k.close()
-    return out
-
-
-def expected(truth: ScriptedTruth, realm: str) -> dict[str, bytes]:
-    out: dict[str, bytes] = {}
-    for s in truth.services:
-        out.update(desired_tree(Layout(realm), s, truth.all_instances(s.name)))
-    return out
-
-
-@pytest.fixture
-def mirror_on(zk_server: ZooKeeperServer, realm: str) -> Iterator[MakeMirror]:
-    """Connected mirrors of the test's realm over a scripted truth, stopped at teardown."""
-    made: list[ZkMirror] = []
-
-    def make(truth: ScriptedTruth) -> ZkMirror:
-        m = ZkMirror(zk_server.address, realm, timeout=5)
-        m.bind(truth)
-        m.connect()
-        made.append(m)
-        return m
-
-    yield make
-    for m in made:
-        m.stop()
+mirror_on = scripted.mirror_on
 
 
 def test_split_scan_and_every_kind_of_drift_converge(
@@ -156,7 +79,7 @@ def test_a_service_delete_and_create_racing_leave_the_truth(
     m.sync_service("s")  # the deleter: an empty plan, but it still bumps the guard
     actual, guard = seen_a
     creator_ops = [
-        *plan(desired_tree(Layout(realm), svc("s"), []), actual).ops,
+        *diff_subtree(desired_tree(Layout(realm), svc("s"), []), actual).ops,
         *m._guard_ops("s", guard),
     ]
     with pytest.raises(MirrorConflict):
@@ -176,18 +99,22 @@ def test_a_commit_landing_inside_a_pre_read_cannot_slip_past_the_guard(
     prepared_b = m.prepare_instance("s", x.id)
     truth.order = [x]  # B's DynamoDB put
     guard_path = m.layout.guard("s")
-    real = m.client.get_async
+    client = m.client
     fired: list[bool] = []
 
-    def hooked(path: str, *args: object, **kwargs: object) -> object:
-        if path == guard_path and not fired:
-            fired.append(True)
-            m.instance_changed("s", x.id, x, prepared_b)  # B's commit lands now
-        return real(path, *args, **kwargs)
+    def hook(real: Callable[..., object]) -> Callable[..., object]:
+        def hooked(path: str, *args: object, **kwargs: object) -> object:
+            if path == guard_path and not fired:
+                fired.append(True)
+                m.instance_changed("s", x.id, x, prepared_b)  # B's commit lands now
+            return real(path, *args, **kwargs)
 
-    m.client.get_async = hooked  # type: ignore[method-assign]
+        return hooked
+
+    real_get, real_exists = client.get_async, client.exists_async
+    client.get_async, client.exists_async = hook(real_get), hook(real_exists)  # type: ignore[method-assign]
     prepared_a = m.prepare_instance("s", x.id)
-    m.client.get_async = real  # type: ignore[method-assign]
+    client.get_async, client.exists_async = real_get, real_exists  # type: ignore[method-assign]
     assert fired
     truth.order = []  # A's DynamoDB delete, the last write
     m.instance_changed("s", x.id, None, prepared_a)

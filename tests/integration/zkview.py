@@ -11,7 +11,7 @@ from kazoo.exceptions import NoNodeError
 from atlas.config import Settings
 from atlas.contract import Layout
 from atlas.mirror.payloads import desired_tree
-from atlas.registry import Registry, build_models_for
+from atlas.registry import Instance, Registry, build_models_for
 
 
 def zk_tree(hosts: str, realm: str) -> dict[str, dict[str, Any]]:
@@ -49,7 +49,9 @@ def truth_tree(dynamodb_endpoint: str, realm: str) -> dict[str, dict[str, Any]]:
     )
     reg = Registry(build_models_for(settings))
     layout = Layout(realm)
-    instances = reg.scan_instances()
+    instances: dict[str, list[Instance]] = {}
+    for inst in reg.iter_instances():
+        instances.setdefault(inst.service, []).append(inst)
     out: dict[str, dict[str, Any]] = {}
     for svc in reg.scan_services():
         for path, data in desired_tree(layout, svc, instances.get(svc.name, [])).items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from moto import mock_aws
+from moto.dynamodb.responses import DynamoHandler
 
 from atlas.app import create_app
 from atlas.config import Settings
@@ -20,8 +22,21 @@ logging.getLogger("werkzeug").setLevel(logging.ERROR)
 
 
 @pytest.fixture
-def aws() -> Iterator[None]:
-    """Every AWS call in the test is served by moto in memory."""
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every AWS call in the test is served by moto in memory, one DynamoDB request at a time.
+
+    moto's tables check a condition and write in two Python steps, so threads can interleave
+    inside one request; DynamoDB makes each request atomic. The lock restores that (as the
+    moto server of the other tiers does, see atlas.stack.motoserver).
+    """
+    atomic = threading.RLock()
+    real = DynamoHandler.call_action
+
+    def call_action(self: DynamoHandler) -> object:
+        with atomic:
+            return real(self)
+
+    monkeypatch.setattr(DynamoHandler, "call_action", call_action)
     with mock_aws():
         yield
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import threading
 
 import boto3
-import pytest
-from moto.dynamodb.responses import DynamoHandler
 
 from atlas.config import Settings
 from atlas.migrate import Migrator, discover
@@ -28,19 +26,8 @@ def test_applies_once_and_records(aws: None) -> None:
     assert desc["GlobalSecondaryIndexes"][0]["IndexName"] == "by-host"
 
 
-def test_concurrent_runs_apply_each_migration_exactly_once(
-    aws: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # moto's in-memory tables check a condition and write in two Python steps, so threads can
-    # interleave inside one PutItem; DynamoDB makes each request atomic. Emulate that.
-    atomic = threading.Lock()
-    real = DynamoHandler.call_action
-
-    def call_action(self: DynamoHandler) -> object:
-        with atomic:
-            return real(self)
-
-    monkeypatch.setattr(DynamoHandler, "call_action", call_action)
+def test_concurrent_runs_apply_each_migration_exactly_once(aws: None) -> None:
+    # `aws` serves one DynamoDB request at a time, as DynamoDB makes each request atomic.
     s = Settings(realm="race", admin_tokens=("x" * 16,))
     results: list[list[str]] = []
     errors: list[BaseException] = []

@@ -23,7 +23,7 @@ def test_service_patch_never_writes_back_fields_other_writers_own(
     stale = reg.models.Service.get("api", consistent_read=True)
     svc = reg.models.Service
     # a config write lands after the PATCH read what it read
-    svc._get_connection().update_item("api", actions=[svc.config_version.add(1)])
+    reg.store.update(svc("api"), [svc.config_version.add(1)], action="a config write")
     monkeypatch.setattr(reg, "_load_service", lambda name: stale)
     reg.update_service("api", {"owner": "team-a"})
     monkeypatch.undo()

@@ -1,16 +1,25 @@
-"""``Session``: a requests.Session with ``service://`` mounted, plus requests-style functions."""
+"""``Session``: a requests.Session with ``service://`` mounted; stands in for ``requests.sessions``.
+
+Every other name of ``requests.sessions`` (``SessionRedirectMixin``,
+``merge_setting``, ``get_netrc_auth``, ...) is answered from requests' module,
+and setting one sets it there (see ``atlas.client._shadow``).
+"""
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Union
 
 import requests
+import requests.sessions
 from requests.models import PreparedRequest, Request, Response
 from requests.sessions import merge_setting
 from urllib3.util.retry import Retry
 
+from atlas.client._shadow import shadow
 from atlas.client.adapters import (
     DEFAULT_TIMEOUT,
     SERVICE_SCHEME,
@@ -32,15 +41,22 @@ if TYPE_CHECKING:
 RetriesArg = Retry | int | bool | None
 #: One entry of ``Session.map``: a Request, (method, url) or (method, url, kwargs).
 Call = Union[Request, tuple[str, str], tuple[str, str, Mapping[str, Any]]]  # noqa: UP007
+#: Connections kept per host and scheme: enough for Session.map at DEFAULT_CONCURRENCY and
+#: a little more; a call beyond it opens a connection that is closed after use.
+DEFAULT_POOL_MAXSIZE = 64
+
+_executor_lock = threading.Lock()
 
 
 class Session(requests.Session):
     """A requests.Session that also speaks ``service://name/path`` through the local sidecar.
 
-    Plain http(s) URLs behave as in requests (plus a request id header).
-    ``request()`` and the verb methods also accept ``retries=`` (a Retry, an
-    int, or False) and ``idempotent=`` (True lets POST/PATCH be retried, False
-    turns retries off) for service:// calls.
+    Plain http(s) URLs behave as in requests, plus a request id header and the
+    default ``timeout`` (for every call that gives none). ``request()`` and the
+    verb methods also accept ``retries=`` (a Retry, an int, or False) and
+    ``idempotent=`` (True lets POST/PATCH be retried, False turns retries off)
+    for service:// calls. Thread-safe as requests.Session is (calls from many
+    threads at once are fine; changing headers/adapters meanwhile is not).
     """
 
     __attrs__ = [*requests.Session.__attrs__, "concurrency"]
@@ -53,7 +69,7 @@ class Session(requests.Session):
         request_id_header: str | None = None,
         retries: Retry | int | None = None,
         timeout: TimeoutArg = DEFAULT_TIMEOUT,
-        pool_maxsize: int = 32,
+        pool_maxsize: int = DEFAULT_POOL_MAXSIZE,
         concurrency: int = DEFAULT_CONCURRENCY,
     ) -> None:
         super().__init__()
@@ -63,8 +79,9 @@ class Session(requests.Session):
             or DEFAULT_REQUEST_ID_HEADER
         )
         self.concurrency = concurrency
-        self.mount("https://", RequestIdAdapter(header))
-        self.mount("http://", RequestIdAdapter(header))
+        self._executor: tuple[ThreadPoolExecutor, int] | None = None
+        for prefix in ("https://", "http://"):
+            self.mount(prefix, RequestIdAdapter(header, timeout=timeout, pool_maxsize=pool_maxsize))
         self.mount(
             SERVICE_SCHEME,
             ServiceAdapter(
@@ -231,9 +248,36 @@ class Session(requests.Session):
     def map(
         self, calls: Iterable[Call], *, concurrency: int | None = None
     ) -> list[Response | Exception]:
-        """Send many requests at once; return each Response or raised exception, in order."""
+        """Send many requests at once; return each Response or raised exception, in order.
+
+        At most ``concurrency`` (default ``self.concurrency``) are in flight; the
+        worker threads are started once per session and reused. Thread-safe.
+        """
         thunks = [self._thunk(call) for call in calls]
-        return gather(*thunks, concurrency=concurrency or self.concurrency)
+        limit = concurrency or self.concurrency
+        executor = self._workers(min(limit, len(thunks))) if len(thunks) > 1 else None
+        return gather(*thunks, concurrency=limit, executor=executor)
+
+    def _workers(self, size: int) -> ThreadPoolExecutor:
+        """This session's worker threads, at least ``size`` of them (grown, never shrunk)."""
+        with _executor_lock:
+            current: tuple[ThreadPoolExecutor, int] | None = getattr(self, "_executor", None)
+            if current is not None and current[1] >= size:
+                return current[0]
+            executor = ThreadPoolExecutor(max_workers=size, thread_name_prefix="atlas-client")
+            self._executor = (executor, size)
+        if current is not None:
+            current[0].shutdown(wait=False)  # its threads end once their calls are done
+        return executor
+
+    def close(self) -> None:
+        """Close the adapters' connections and stop the map worker threads."""
+        with _executor_lock:
+            current: tuple[ThreadPoolExecutor, int] | None = getattr(self, "_executor", None)
+            self._executor = None
+        if current is not None:
+            current[0].shutdown(wait=False)
+        super().close()
 
     def _thunk(self, call: Call) -> Callable[[], Response]:
         if isinstance(call, Request):
@@ -255,43 +299,15 @@ class Session(requests.Session):
         return lambda: self.request(method, url, **kwargs)
 
 
-def request(method: str, url: str, **kwargs: Any) -> Response:
-    """Send one request with a fresh Session (like ``requests.request``)."""
-    with Session() as session:
-        return session.request(method=method, url=url, **kwargs)
+def session() -> Session:
+    """Return a new atlas Session (like ``requests.session()``)."""
+    return Session()
 
 
-def get(url: str, params: Any = None, **kwargs: Any) -> Response:
-    """Send a GET request (like ``requests.get``)."""
-    return request("get", url, params=params, **kwargs)
+if TYPE_CHECKING:
+
+    def __getattr__(name: str) -> Any:
+        """For type checkers: requests.sessions' other names are answered at run time."""
 
 
-def options(url: str, **kwargs: Any) -> Response:
-    """Send an OPTIONS request (like ``requests.options``)."""
-    return request("options", url, **kwargs)
-
-
-def head(url: str, **kwargs: Any) -> Response:
-    """Send a HEAD request, not following redirects by default (like ``requests.head``)."""
-    kwargs.setdefault("allow_redirects", False)
-    return request("head", url, **kwargs)
-
-
-def post(url: str, data: Any = None, json: Any = None, **kwargs: Any) -> Response:
-    """Send a POST request (like ``requests.post``); never retried unless opted in."""
-    return request("post", url, data=data, json=json, **kwargs)
-
-
-def put(url: str, data: Any = None, **kwargs: Any) -> Response:
-    """Send a PUT request (like ``requests.put``)."""
-    return request("put", url, data=data, **kwargs)
-
-
-def patch(url: str, data: Any = None, **kwargs: Any) -> Response:
-    """Send a PATCH request (like ``requests.patch``); never retried unless opted in."""
-    return request("patch", url, data=data, **kwargs)
-
-
-def delete(url: str, **kwargs: Any) -> Response:
-    """Send a DELETE request (like ``requests.delete``)."""
-    return request("delete", url, **kwargs)
+shadow(__name__, requests.sessions)

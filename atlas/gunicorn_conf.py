@@ -1,0 +1,56 @@
+"""gunicorn configuration of Atlas: `gunicorn -c python:atlas.gunicorn_conf atlas.wsgi:app`.
+
+`atlas serve`, `atlas dev`, the test stack and the Docker image all run gunicorn with it.
+The app factory only configures; each worker starts its background work (ZooKeeper
+session, mirror pump, reconciler) once forked and stops it before it exits, so `--preload`
+is safe. Listen address and process counts come from ATLAS_BIND / ATLAS_WORKERS /
+ATLAS_THREADS (command-line flags win); logging is `atlas.logs` at ATLAS_LOG_LEVEL.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from atlas.config import ServeSettings
+from atlas.logs import config_dict
+
+_serve = ServeSettings.from_env()
+
+bind = [_serve.bind]
+workers = _serve.workers
+threads = _serve.threads
+worker_class = "gthread"
+graceful_timeout = _serve.graceful_timeout_s
+# gunicorn >= 25 opens a control socket at one fixed path per user ($HOME/.gunicorn): every
+# Atlas on the machine (tests, `atlas dev`) would fight over it. Older versions ignore this.
+control_socket_disable = True
+# With `logconfig_dict` set, gunicorn writes its access log through it: same format, same stream.
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms "%(a)s"'
+logconfig_dict = config_dict(os.environ.get("ATLAS_LOG_LEVEL", "INFO"))
+
+log = logging.getLogger("atlas.gunicorn")
+
+
+def _extension(worker: Any) -> Any:
+    app = getattr(worker, "wsgi", None)
+    extensions = getattr(app, "extensions", None)
+    return extensions.get("atlas") if isinstance(extensions, dict) else None
+
+
+def post_worker_init(worker: Any) -> None:
+    """In a fresh worker, after the app is loaded: start its background work."""
+    ext = _extension(worker)
+    if ext is not None:
+        ext.start()
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    """As a worker exits (open requests done): stop background work, flush the audit log."""
+    # gunicorn also calls this in the master for a worker that vanished: nothing to do there.
+    if worker.pid != os.getpid():
+        return
+    ext = _extension(worker)
+    if ext is not None:
+        ext.close()

@@ -1,0 +1,136 @@
+"""Schemathesis hooks for the openapi.yaml conformance run (loaded with SCHEMATHESIS_HOOKS).
+
+openapi.yaml states every rule JSON Schema can state, in the patterns the server itself checks.
+Three rules it can only state in prose, because they relate two values or depend on what was
+issued before; a generated *valid* case is made to respect them here, and nothing else is
+changed. Invalid (negative) cases are left alone: the server must refuse them all.
+Whatever the document says is valid and depends on state is excused by status, not here: 404
+(a made-up name), 409 (a state conflict) and 412 (a well-formed `If-Match` naming another version)
+are the run's accepted answers to valid data.
+
+- `cursor` is opaque: only a `next_cursor` Atlas issued for the same listing is valid. Every
+  issued cursor is recorded here; a valid case with a made-up cursor is sent with one Atlas
+  issued for that listing instead, or without one while there is none.
+- `health_check.timeout_s` must not exceed `health_check.interval_s` (10 when absent).
+- `host` and `port` in the body of `PUT .../instances/{instance}` must match the path.
+
+One class of answers is not Atlas's: gunicorn refuses an over-long request line (414) or header
+field (431) with its own text/html page before Atlas sees the request. Such a failure is dropped
+only after checking that the request really exceeded gunicorn's limit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import schemathesis
+
+# Where to write what the hooks saw (JSON), for the test to report: SCHEMATHESIS_HOOK_STATS.
+STATS_PATH = os.environ.get("SCHEMATHESIS_HOOK_STATS")
+STATS = {"cursors_issued": 0, "cursors_sent": 0, "cursors_dropped": 0}
+
+
+def _count(key: str) -> None:
+    STATS[key] += 1
+    if STATS_PATH:
+        Path(STATS_PATH).write_text(json.dumps(STATS))
+
+
+GUNICORN_LIMIT_REQUEST_LINE = 4094
+GUNICORN_LIMIT_REQUEST_FIELD_SIZE = 8190
+DEFAULT_INTERVAL_S = 10
+INSTANCE_PATH = "/v1/services/{name}/instances/{instance}"
+ISSUED: dict[tuple[str, ...], list[str]] = {}  # listing -> the cursors Atlas issued for it
+
+
+def _listing(case: Any) -> tuple[str, ...]:
+    """What a cursor belongs to: the route, its path parameters and the audit's `service`."""
+    params = tuple(f"{k}={unquote(str(v))}" for k, v in sorted(case.path_parameters.items()))
+    service = (case.query or {}).get("service")
+    return (case.operation.path, *params, f"service={service}")
+
+
+def _positive(case: Any) -> bool:
+    meta = case.meta
+    return meta is not None and meta.generation.mode.is_positive
+
+
+def _fit_health_check(body: Any) -> None:
+    hc = body.get("health_check") if isinstance(body, dict) else None
+    if not isinstance(hc, dict):
+        return
+    interval = hc.get("interval_s", DEFAULT_INTERVAL_S)
+    timeout = hc.get("timeout_s")
+    if (
+        isinstance(timeout, int | float)
+        and isinstance(interval, int | float)
+        and timeout > interval
+    ):
+        hc["timeout_s"] = interval
+
+
+def _fit_instance_body(case: Any) -> None:
+    body, instance = case.body, case.path_parameters.get("instance")
+    if not isinstance(body, dict) or not isinstance(instance, str):
+        return
+    # The coverage phase hands path parameters over already percent-encoded.
+    host, _, port = unquote(instance).rpartition(":")
+    if "host" in body:
+        body["host"] = host
+    if "port" in body:
+        body["port"] = int(port)
+
+
+@schemathesis.hook
+def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
+    """Make a valid case respect the three rules openapi.yaml states only in prose.
+
+    Done just before the call, so that it also holds for values the stateful phase fills in
+    from earlier responses.
+    """
+    if not _positive(case):
+        return
+    cursor = (case.query or {}).get("cursor")
+    if cursor is not None:
+        issued = ISSUED.get(_listing(case), [])
+        if cursor not in issued:
+            # Made up: send a cursor Atlas issued for this listing instead, or none.
+            case.query = {k: v for k, v in case.query.items() if k != "cursor"}
+            if issued:
+                case.query["cursor"] = issued[-1]
+        _count("cursors_sent" if "cursor" in case.query else "cursors_dropped")
+    _fit_health_check(case.body)
+    if case.operation.path == INSTANCE_PATH and case.method.upper() == "PUT":
+        _fit_instance_body(case)
+
+
+@schemathesis.hook
+def after_call(context: Any, case: Any, response: Any) -> None:
+    """Record the cursors Atlas issues, for the listing that issued them."""
+    if response.status_code != 200 or not case.operation.path.startswith("/v1/"):
+        return
+    try:
+        cursor = response.json().get("next_cursor")
+    except (ValueError, AttributeError):
+        return
+    issued = ISSUED.setdefault(_listing(case), [])
+    if isinstance(cursor, str) and cursor not in issued:
+        issued.append(cursor)
+        _count("cursors_issued")
+
+
+@schemathesis.hook
+def filter_failure(context: Any, failure: Any, case: Any, response: Any) -> bool:
+    """Keep every failure but gunicorn's own 414/431 to a request over its limits."""
+    if response.status_code not in (414, 431):
+        return True
+    request = response.request
+    if response.status_code == 414:
+        line = f"{request.method} {request.path_url} HTTP/1.1"
+        return len(line.encode()) <= GUNICORN_LIMIT_REQUEST_LINE
+    longest = max((len(f"{k}: {v}") for k, v in request.headers.items()), default=0)
+    return longest <= GUNICORN_LIMIT_REQUEST_FIELD_SIZE
