@@ -124,7 +124,7 @@ class DevStack:
                     [sys.executable, "-m", "atlas.sidecar.cli", "--zk", env["ATLAS_ZK_HOSTS"],
                      "--realm", "local", "--port", str(self.sidecar_port),
                      "--state-dir", str(self.data_dir / "sidecar"),
-                     "--status-port", str(self.sidecar_port + 1)],
+                     "--status-port", str(self.sidecar_port + 1), "--stop-haproxy-on-exit"],
                     logs / "sidecar.log",
                 )  # fmt: skip
                 procs.append(sidecar)
