@@ -22,8 +22,9 @@ import requests
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from atlas.stack import AtlasServer
+from atlas.stack import AtlasServer, MotoServer
 from tests.helpers import ADMIN_TOKEN, ApiClient, wait_until
+from tests.integration.conftest import atlas_env, migrate
 
 pytestmark = pytest.mark.integration
 
@@ -188,3 +189,28 @@ def test_a_dead_worker_leaves_its_counts_and_a_restart_starts_empty(
     text = scrape(server)
     assert value(text, "atlas_http_requests_total", method="GET", route=ONE_SERVICE,
                  status="200") is None  # fmt: skip
+
+
+def test_preloaded_master_shows_no_worker_state(
+    moto_server: MotoServer, zk_hosts: str, realm: str, tmp_path: Path
+) -> None:
+    # With --preload the app (and its metrics) is built in the master before the fork: the
+    # per-process gauges must name the workers only, never the master as a disconnected one.
+    env = atlas_env(moto_server, realm, ATLAS_ZK_HOSTS=zk_hosts)
+    migrate(env)
+    server = AtlasServer(tmp_path / "atlas", env, workers=2, preload=True)
+    server.start()
+    try:
+        connected = wait_until(
+            lambda: (
+                (c := by_pid(scrape(server), "atlas_mirror_connected"))
+                and sorted(c.values()) == [1, 1]
+                and c
+            ),
+            timeout=60,
+            what="both workers connected",
+        )
+        assert str(server.process.pid) not in connected
+        assert str(server.process.pid) not in by_pid(scrape(server), "atlas_reconcile_leader")
+    finally:
+        server.stop()
