@@ -25,6 +25,7 @@ from typing import IO, Any
 import click
 
 from atlas.contract import is_sidecar_host_id
+from atlas.logs import configure as configure_logging
 from atlas.sidecar.core import LoopSettings, Sidecar, SidecarFatal
 from atlas.sidecar.haproxy import DEFAULT_HAPROXY, HAProxy, HAProxyError
 from atlas.sidecar.render import RenderOptions
@@ -236,12 +237,7 @@ OPTIONS: dict[str, Any] = {"show_default": True}
 def main(**args: Any) -> None:
     """Watch /atlas/<realm>/services in ZooKeeper and drive a local HAProxy that routes by
     the service request header."""
-    logging.basicConfig(
-        level=args["log_level"].upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("kazoo").setLevel(logging.WARNING)
+    configure_logging(args["log_level"])
     state = _state_dir(args["state_dir"], args["realm"], args["port"])
     state.mkdir(parents=True, exist_ok=True)
     if args["stop_now"]:
