@@ -280,7 +280,9 @@ class Settings(AtlasSettings):
         300.0, "longest ?wait= honoured (longer ones are cut to it)", ge=0.1, le=DAY_S
     )
     max_waiters: int = setting(
-        1000, "requests one process may hold waiting; beyond, 503 with Retry-After", ge=1,
+        1000,
+        "requests one process may hold waiting; beyond, 503 with Retry-After",
+        ge=1,
         le=1_000_000,
     )
     audit_queue_size: int = setting(

@@ -167,21 +167,25 @@ def choose(fresh: Freshness, key: tuple[str, ...], service: str | None) -> Choic
         if fresh.blocking:
             n = fresh.index or 0
             ext.reads.add("blocking.started")
-            snap = view.wait(
-                key,
-                lambda s: s.index >= need and s.resource_index(key) > n,
-                fresh.wait,
-                need=need,
-            )
-            moved = snap is not None and snap.index >= need and snap.resource_index(key) > n
-            ext.reads.add("blocking.woken" if moved else "blocking.timed_out")
+
+            def moved(s: Snapshot | None) -> bool:
+                # Past N, and the view's index has caught up with the change itself (a
+                # snapshot may hold data fetched after its index: that is not "reached" yet).
+                if s is None:
+                    return False
+                changed = s.resource_index(key)
+                return changed > n and s.index >= max(need, changed)
+
+            snap = view.wait(key, moved, fresh.wait, need=need)
+            woken = moved(snap)
+            ext.reads.add("blocking.woken" if woken else "blocking.timed_out")
             if snap is None or snap.index < need:
                 return _store(ext, "not_current" if snap is None else "behind", fresh)
             why = _servable(view, snap, service)
             if why:
                 return _store(ext, why, fresh)
             ext.reads.add("view_hits")
-            return Choice(snap, snap.index if moved else n)
+            return Choice(snap, snap.index if woken else n)
         snap = view.snapshot
         if snap is not None and snap.index < need:
             bound = ext.settings.min_index_wait_s if (fresh.min_index or 0) > snap.index else 0.0

@@ -133,6 +133,7 @@ class ZkView:
         self._tokens_changed = False
         self._entries: dict[str, ServiceEntry] = {}
         self._behind_since: float | None = None
+        self._catchup: set[tuple[str, ...]] = set()
         self._loads = 0
         # Shared with request threads, under _lock.
         self._lock = threading.Lock()
@@ -821,7 +822,15 @@ class ZkView:
         elif self._loaded:
             self._set_state("verifying")
         self._publish_status()
-        self._wake(keys)
+        # A resource whose change is newer than the index is not "reached" yet: wake its
+        # waiters again once the index catches up with it.
+        snap = self._snapshot
+        for key in keys - {INDEX}:
+            if snap.resource_index(key) > snap.index:
+                self._catchup.add(key)
+        ready = {k for k in self._catchup if snap.resource_index(k) <= snap.index}
+        self._catchup -= ready
+        self._wake(keys | ready)
 
     def _publish_status(self) -> None:
         snap = self._snapshot
