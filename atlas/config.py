@@ -389,6 +389,14 @@ class ServeSettings(AtlasSettings):
     bind: str = setting("127.0.0.1:8080", "host:port (or unix:PATH) the API listens on")
     workers: int = setting(2, "gunicorn worker processes", ge=1, le=256)
     threads: int = setting(4, "threads per worker (gthread)", ge=1, le=1024)
+    worker_class: Literal["gthread", "gevent"] = setting(
+        "gthread",
+        "gunicorn worker: gthread (a thread per request) or gevent (a greenlet per request, "
+        "for many blocking queries at once)",
+    )
+    worker_connections: int = setting(
+        2000, "gevent: concurrent connections per worker", ge=1, le=1_000_000
+    )
     graceful_timeout_s: int = setting(
         10, "on stop, how long workers may finish open requests and close ZooKeeper", ge=1, le=3600
     )

@@ -21,7 +21,8 @@ _serve = ServeSettings.from_env()
 bind = [_serve.bind]
 workers = _serve.workers
 threads = _serve.threads
-worker_class = "gthread"
+worker_class = _serve.worker_class
+worker_connections = _serve.worker_connections
 graceful_timeout = _serve.graceful_timeout_s
 # gunicorn >= 25 opens a control socket at one fixed path per user ($HOME/.gunicorn): every
 # Atlas on the machine (tests, `atlas dev`) would fight over it. Older versions ignore this.

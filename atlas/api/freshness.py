@@ -47,7 +47,7 @@ class Wait(fields.Field):
             raise self.make_error("wait")
         scale = {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}[m.group(2)]
         seconds = float(m.group(1)) * scale
-        if not math.isfinite(seconds) or seconds <= 0:
+        if not math.isfinite(seconds):
             raise self.make_error("wait")
         return seconds
 
