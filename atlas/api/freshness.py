@@ -90,6 +90,9 @@ class Freshness:
 
 def freshness(blocking: bool) -> tuple[Freshness, dict[str, str]]:
     """The caller's freshness parameters, and the other query parameters (422 on bad ones)."""
+    settings = current_app.extensions["atlas"].settings
+    if not request.args:  # the common case: nothing to parse
+        return Freshness(wait=settings.blocking_wait_default_s), {}
     args = dict(request.args.items())
     mine = {k: args.pop(k) for k in FRESHNESS_PARAMS if k in args}
     if not blocking:
@@ -101,7 +104,6 @@ def freshness(blocking: bool) -> tuple[Freshness, dict[str, str]]:
     except ValidationError:
         load_query(freshness_schema, mine)  # raises the 422 naming the parameter
         raise
-    settings = current_app.extensions["atlas"].settings
     wait = parsed.get("wait", settings.blocking_wait_default_s)
     return (
         Freshness(

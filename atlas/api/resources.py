@@ -8,7 +8,7 @@ import json
 from types import SimpleNamespace
 from typing import Any
 
-from flask import current_app, g, request
+from flask import Response, current_app, g, request
 from flask_restful import Resource
 
 from atlas.api import schemas as s
@@ -55,8 +55,10 @@ def registry() -> Registry:
 
 def page_args(query: dict[str, str] | None = None) -> tuple[int, str | None]:
     """(limit, cursor) of a list request, with the configured default and maximum."""
-    args = load_query(page_query, query)
     settings = current_app.extensions["atlas"].settings
+    if not (request.args if query is None else query):
+        return settings.page_limit_default, None  # nothing to validate: the common case
+    args = load_query(page_query, query)
     limit = args.get("limit", settings.page_limit_default)
     if limit > settings.page_limit_max:
         raise ValidationFailed(
@@ -89,6 +91,30 @@ def dumped_instances(snap: Snapshot, name: str) -> list[dict[str, Any]]:
         items = [dump_instance(i) for i in entry.instances]
         entry.memo["dumped"] = items
     return items
+
+
+def json_response(body: str, status: int, headers: dict[str, str]) -> Response | None:
+    """A response with this JSON text (made as flask-restful's output_json makes one), or None
+    when flask-restful would render something else (another Accept, debug indentation)."""
+    if current_app.debug or current_app.config.get("RESTFUL_JSON"):
+        return None
+    api = current_app.extensions.get("atlas_api")
+    representations = api.representations if api is not None else {"application/json": None}
+    chosen = request.accept_mimetypes.best_match(representations, default="application/json")
+    if chosen != "application/json":
+        return None
+    resp = current_app.response_class(body, status, headers)
+    resp.headers["Content-Type"] = "application/json"
+    return resp
+
+
+def render_cached(memo: dict[str, Any], key: str, build: Any) -> str:
+    """The JSON text of `build()`, made once per immutable view entry (as output_json does)."""
+    text: str | None = memo.get(key)
+    if text is None:
+        text = json.dumps(build()) + "\n"
+        memo[key] = text
+    return text
 
 
 # A page of services from the view is in name order, and its cursor says so: DynamoDB lists
@@ -215,6 +241,13 @@ class InstanceList(Resource):
         snap = choice.snapshot
         if snap is not None:
             entry = snap.services[name]
+            if start is None and limit >= len(entry.instances):
+                # The whole list in one page: its text is made once per entry.
+                text = render_cached(entry.memo, "all", lambda: {
+                    "items": dumped_instances(snap, name), "next_cursor": None})  # fmt: skip
+                resp = json_response(text, 200, choice.headers())
+                if resp is not None:
+                    return resp  # type: ignore[return-value]
             items = dumped_instances(snap, name)
             first = 0
             if start is not None:
