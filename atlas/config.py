@@ -390,7 +390,7 @@ class ServeSettings(AtlasSettings):
     workers: int = setting(2, "gunicorn worker processes", ge=1, le=256)
     threads: int = setting(4, "threads per worker (gthread)", ge=1, le=1024)
     worker_class: Literal["gthread", "gevent"] = setting(
-        "gthread",
+        "gevent",
         "gunicorn worker: gthread (a thread per request) or gevent (a greenlet per request, "
         "for many blocking queries at once)",
     )

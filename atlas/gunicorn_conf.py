@@ -5,12 +5,24 @@ The app factory only configures; each worker starts its background work (ZooKeep
 session, mirror pump, reconciler) once forked and stops it before it exits, so `--preload`
 is safe. Listen address and process counts come from ATLAS_BIND / ATLAS_WORKERS /
 ATLAS_THREADS (command-line flags win); logging is `atlas.logs` at ATLAS_LOG_LEVEL.
+
+The worker class is ATLAS_WORKER_CLASS: `gevent` by default (a greenlet per request, so that
+a thousand blocking queries wait at ~26 KiB each instead of holding an OS thread each; see
+README "Serving model"), or `gthread`. With gevent the standard library is patched here, in
+the master, before anything else is imported: a preloaded app then builds its locks, queues
+and threads from the patched modules, as the workers will run them.
 """
 
 from __future__ import annotations
 
-import logging
 import os
+
+if os.environ.get("ATLAS_WORKER_CLASS", "gevent").strip().lower() == "gevent":
+    from gevent import monkey
+
+    monkey.patch_all()
+
+import logging
 from typing import Any
 
 from atlas.config import ServeSettings
