@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from importlib.resources import files
 from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 
 from atlas import __version__
 from atlas.api import init_api
@@ -30,6 +30,8 @@ from atlas.registry.config import ConfigStore
 from atlas.registry.crypto import Sealer, sealer_for
 from atlas.registry.tokens import TokenStore
 from atlas.ui import ui_blueprint
+from atlas.view import IndexedMirror, ZkView
+from atlas.view import index as write_index
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,8 @@ class AtlasExtension:
         self.mirror: Mirror | None = None
         self.reconciler: Reconciler | None = None
         self.metrics: AtlasMetrics
+        self.view: ZkView | None = None
+        self.reads = ReadCounters()
         self.started = time.time()
         self._lock = threading.Lock()
         self._started_in: int | None = None  # pid of the process that started background work
@@ -97,15 +101,43 @@ class AtlasExtension:
         self.mirror = mirror
         if isinstance(mirror, ZkMirror):
             mirror.bind(registry)
+            if settings.view_enabled:
+                self.view = self._build_view(mirror, registry)
+        # Every write notes the zxid that published it (X-Atlas-Index) and tells the view.
+        if not isinstance(registry.mirror, IndexedMirror):
+            registry.mirror = IndexedMirror(registry.mirror)
+        registry.mirror.listener = self.view
         self.config = ConfigStore(registry, sealer or sealer_for(settings), settings.realm)
-        self.tokens = TokenStore(registry, cache_s=settings.token_cache_s)
+        view = self.view
+        self.tokens = TokenStore(
+            registry,
+            cache_s=settings.token_cache_s,
+            generation=view.revocation_generation if view is not None else lambda: None,
+            unwatched_s=settings.token_cache_unwatched_s,
+            on_revoke=view.bump_revocations if view is not None else None,
+        )
         self.audit = AuditLog(
             registry, queue_size=settings.audit_queue_size, metrics=self.metrics.audit
         )
         self.authenticator = Authenticator(settings, self.tokens)
         app.extensions["atlas"] = self
         app.before_request(self.ensure_started)
+        app.before_request(_begin_write_note)
+        app.after_request(_index_headers)
         metrics_web.init_app(app, self.metrics)
+
+    def _build_view(self, mirror: ZkMirror, registry: Registry) -> ZkView:
+        def truth() -> dict[str, tuple[int, int]]:
+            return {s.name: (s.version, s.config_version) for s in registry.scan_services()}
+
+        return ZkView(
+            self.settings.realm,
+            lambda: mirror.client,
+            subscribe=mirror.add_connect_listener,
+            truth=truth,
+            dirty=lambda: mirror.dirty,
+            max_waiters=self.settings.max_waiters,
+        )
 
     @property
     def running(self) -> bool:
@@ -136,6 +168,8 @@ class AtlasExtension:
             self._started_in = os.getpid()
             if isinstance(self.mirror, ZkMirror):
                 self.mirror.start()
+                if self.view is not None:
+                    self.view.start()
                 if self._own_mirror and self.settings.reconciler_enabled:
                     # Built here, not in init_app: its election identity names this process.
                     self.reconciler = Reconciler(
@@ -162,6 +196,8 @@ class AtlasExtension:
         if started_here:
             if self.reconciler is not None:
                 self.reconciler.stop()
+            if self.view is not None:
+                self.view.stop()
             if isinstance(self.mirror, ZkMirror):
                 self.mirror.stop()
             log.info("background work stopped in process %s", os.getpid())
@@ -174,10 +210,20 @@ class AtlasExtension:
             "auth": "disabled (local realm)" if self.settings.auth_disabled else "bearer",
             "uptime_s": round(time.time() - self.started, 3),
             "mirror": self.registry.mirror.status(),
+            "view": self.view_status(),
             "caller": {"kind": principal.kind, "token_id": principal.token_id}
             if principal
             else None,
         }
+
+    def view_status(self) -> dict[str, Any]:
+        """The view's state (index, lag behind ZooKeeper, load state) and the read counters."""
+        body: dict[str, Any] = (
+            {"enabled": True, **self.view.status()} if self.view is not None else {"enabled": False}
+        )
+        body["reads"] = self.reads.snapshot()
+        body["token_cache"] = dict(self.tokens.counters)
+        return body
 
     def readiness(self) -> tuple[dict[str, Any], int]:
         """The body and status of GET /readyz: DynamoDB must answer; mirror lag is reported."""
@@ -195,6 +241,48 @@ class AtlasExtension:
             k: mirror[k] for k in ("configured", "connected", "lagging", "leader") if k in mirror
         }
         return {"status": "ready" if ok else "unavailable", "checks": checks}, 200 if ok else 503
+
+
+class ReadCounters:
+    """Plain counters of the read paths (for /v1/info and the metrics): reads served from the
+    view, reads served from DynamoDB by reason, blocking queries by outcome. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+
+    def add(self, name: str, n: int = 1) -> None:
+        """Count one event: `view_hits`, `store_fallbacks.<reason>`, `blocking.<outcome>`..."""
+        with self._lock:
+            self._counts[name] = self._counts.get(name, 0) + n
+
+    def snapshot(self) -> dict[str, int]:
+        """Every counter by name (a copy)."""
+        with self._lock:
+            return dict(self._counts)
+
+
+def _begin_write_note() -> None:
+    if request.method not in ("GET", "HEAD", "OPTIONS"):
+        write_index.begin()
+    else:
+        write_index.end()  # nothing left over from an earlier request on this thread
+
+
+def _index_headers(resp: Response) -> Response:
+    """A write's response says where its change was published (X-Atlas-Index), or that it was
+    not published yet (X-Atlas-Index-Pending: read it back with ?consistent=true)."""
+    note = write_index.current()
+    if note is None:
+        return resp
+    write_index.end()
+    if resp.status_code >= 300:
+        return resp
+    if note.pending:
+        resp.headers["X-Atlas-Index-Pending"] = "true"
+    elif note.zxid is not None:
+        resp.headers["X-Atlas-Index"] = str(note.zxid)
+    return resp
 
 
 def create_app(

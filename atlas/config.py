@@ -255,7 +255,35 @@ class Settings(AtlasSettings):
         300.0, "how long unwrapped data keys stay in memory (0: never)", ge=0, le=DAY_S
     )
     token_cache_s: float = setting(
-        0.0, "cache service-token lookups (a revocation then takes up to this long)", ge=0, le=DAY_S
+        300.0,
+        "how long a cached service-token lookup lives while the revocation stamp is watched "
+        "(any revoke drops it at once; 0: no cache)",
+        ge=0,
+        le=DAY_S,
+    )
+    token_cache_unwatched_s: float = setting(
+        1.0,
+        "how long it lives while the stamp is not watched (no ZooKeeper, or disconnected)",
+        ge=0,
+        le=DAY_S,
+    )
+    view_enabled: bool = setting(
+        True, "serve reads from the in-memory view fed by ZooKeeper (needs ATLAS_ZK_HOSTS)"
+    )
+    min_index_wait_s: float = setting(
+        5.0, "?min_index=N waits at most this long for the view, then reads DynamoDB", ge=0, le=60
+    )
+    blocking_wait_default_s: float = setting(
+        30.0, "blocking query (?index=N) wait when ?wait= is absent", ge=0.1, le=DAY_S
+    )
+    blocking_wait_max_s: float = setting(
+        300.0, "longest ?wait= honoured (longer ones are cut to it)", ge=0.1, le=DAY_S
+    )
+    max_waiters: int = setting(
+        1000,
+        "requests one process may hold waiting; beyond, 503 with Retry-After",
+        ge=1,
+        le=1_000_000,
     )
     audit_queue_size: int = setting(
         10_000, "audit records waiting to be written; beyond, dropped", ge=1, le=1_000_000
@@ -361,6 +389,14 @@ class ServeSettings(AtlasSettings):
     bind: str = setting("127.0.0.1:8080", "host:port (or unix:PATH) the API listens on")
     workers: int = setting(2, "gunicorn worker processes", ge=1, le=256)
     threads: int = setting(4, "threads per worker (gthread)", ge=1, le=1024)
+    worker_class: Literal["gthread", "gevent"] = setting(
+        "gevent",
+        "gunicorn worker: gthread (a thread per request) or gevent (a greenlet per request, "
+        "for many blocking queries at once)",
+    )
+    worker_connections: int = setting(
+        2000, "gevent: concurrent connections per worker", ge=1, le=1_000_000
+    )
     graceful_timeout_s: int = setting(
         10, "on stop, how long workers may finish open requests and close ZooKeeper", ge=1, le=3600
     )

@@ -298,6 +298,9 @@ class Layout:
         self.guards = f"{self.root}/guards"
         # One ephemeral node per running sidecar: what it has applied.
         self.sidecars = f"{self.root}/sidecars"
+        # The token revocation stamp, `{"revocations": n}` (a number only): every revoke bumps
+        # it, and every Atlas process drops its cached service-token lookups when it moves.
+        self.tokens = f"{self.root}/tokens"
 
     def service(self, name: str) -> str:
         """Path of a service node."""

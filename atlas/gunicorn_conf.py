@@ -11,12 +11,24 @@ any worker counts every worker. Loading this module (in the master, before any w
 app imports prometheus_client) gives the server start an empty PROMETHEUS_MULTIPROC_DIR: the
 one named in the environment, emptied, or a new temporary one removed at exit. `child_exit`
 removes a dead worker's live gauges.
+
+The worker class is ATLAS_WORKER_CLASS: `gevent` by default (a greenlet per request, so that
+a thousand blocking queries wait at ~26 KiB each instead of holding an OS thread each; see
+README "Serving model"), or `gthread`. With gevent the standard library is patched here, in
+the master, before anything else is imported: a preloaded app then builds its locks, queues
+and threads from the patched modules, as the workers will run them.
 """
 
 from __future__ import annotations
 
-import logging
 import os
+
+if os.environ.get("ATLAS_WORKER_CLASS", "gevent").strip().lower() == "gevent":
+    from gevent import monkey
+
+    monkey.patch_all()
+
+import logging
 from typing import Any
 
 from atlas.config import ServeSettings
@@ -31,7 +43,8 @@ _serve = ServeSettings.from_env()
 bind = [_serve.bind]
 workers = _serve.workers
 threads = _serve.threads
-worker_class = "gthread"
+worker_class = _serve.worker_class
+worker_connections = _serve.worker_connections
 graceful_timeout = _serve.graceful_timeout_s
 # gunicorn >= 25 opens a control socket at one fixed path per user ($HOME/.gunicorn): every
 # Atlas on the machine (tests, `atlas dev`) would fight over it. Older versions ignore this.

@@ -34,6 +34,7 @@ def init_api(app: Flask) -> ProblemApi:
     # `//` must not be "fixed" by a redirect: /v1/services//instances is not /v1/services/instances.
     app.url_map.merge_slashes = False
     api = ProblemApi(app, catch_all_404s=True)
+    app.extensions["atlas_api"] = api
     api.add_resource(r.ServiceList, "/v1/services")
     api.add_resource(r.ServiceItem, "/v1/services/<string:name>")
     api.add_resource(r.InstanceList, "/v1/services/<string:name>/instances")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 from typing import Any
 
 from flask import current_app, g
@@ -10,14 +11,17 @@ from flask_restful import Resource
 
 from atlas.api import schemas as s
 from atlas.api.auth import ADMIN, CONFIG, Principal
+from atlas.api.freshness import Choice, choose, freshness
 from atlas.api.http import etag, if_match, if_match_star, load_body, load_query
 from atlas.api.resources import Result, page_args
 from atlas.contract import check_config_key, check_service_name
 from atlas.errors import ValidationFailed
 from atlas.registry.audit import AuditLog
-from atlas.registry.config import ConfigStore
+from atlas.registry.config import ConfigDocument, ConfigStore
 from atlas.registry.records import ConfigEntry
 from atlas.registry.tokens import TokenStore
+from atlas.view import config_key
+from atlas.view import index as write_index
 
 entry_out = s.ConfigEntrySchema()
 token_out = s.TokenSchema()
@@ -79,23 +83,83 @@ def _names(name: str, key: str) -> tuple[str, str]:
     return name, key
 
 
+class DocumentCache:
+    """Each service's config document as last read from DynamoDB: ciphertexts, never a
+    plaintext secret. An entry serves while the view's config stamp of the service is not
+    newer than it; a newer stamp drops it. Thread-safe (a lock around a bounded dict)."""
+
+    MAX = 10_000
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._docs: dict[str, ConfigDocument] = {}
+
+    def get(self, service: str, stamp: int) -> ConfigDocument | None:
+        """The cached document if it is at least as new as `stamp`, else None (dropped)."""
+        with self._lock:
+            doc = self._docs.get(service)
+            if doc is not None and doc.version < stamp:
+                del self._docs[service]
+                return None
+            return doc
+
+    def put(self, doc: ConfigDocument) -> None:
+        """Keep a document (the newest one wins)."""
+        with self._lock:
+            old = self._docs.get(doc.service)
+            if old is not None and old.version > doc.version:
+                return
+            if old is None and len(self._docs) >= self.MAX:
+                self._docs.pop(next(iter(self._docs)))
+            self._docs[doc.service] = doc
+
+
+def document_cache() -> DocumentCache:
+    """The app's config document cache (created on first use)."""
+    ext = current_app.extensions["atlas"]
+    cache: DocumentCache | None = getattr(ext, "config_documents", None)
+    if cache is None:
+        cache = ext.config_documents = DocumentCache()
+    return cache
+
+
 class ConfigDoc(Resource):
     """/v1/services/{name}/config"""
 
     scope = CONFIG
 
     def get(self, name: str) -> Result:
-        """The service's config: every live key, secrets included for allowed callers."""
+        """The service's config: every live key, secrets included for allowed callers.
+
+        With a current view, the document (ciphertexts) comes from memory while the config
+        stamp in ZooKeeper says it is the latest; secrets are opened per request.
+        """
         check_service_name(name)
-        view = config_store().get_config(name, reveal=True)
+        fresh, _ = freshness(blocking=True)
+        choice = choose(fresh, config_key(name), name)
+        entry = choice.snapshot.entry(name) if choice.snapshot is not None else None
+        store = config_store()
+        doc: ConfigDocument | None = None
+        if entry is not None and entry.config_version is not None:
+            cache = document_cache()
+            doc = cache.get(name, entry.config_version)
+            if doc is None:
+                doc = store.document(name)
+                if doc.version >= entry.config_version:
+                    cache.put(doc)
+        else:
+            choice = Choice(None, choice.index if fresh.blocking else None)
+            doc = store.document(name)
+        view = store.open_document(doc, reveal=True)
         secrets_read(view.secrets_read)
         body = {
             "realm": view.realm,
             "service": view.service,
             "version": view.version,
             "values": view.values,
+            "secrets": doc.secrets,
         }
-        return body, 200, {"ETag": etag(view.version), **NO_STORE}
+        return body, 200, {"ETag": etag(view.version), **NO_STORE, **choice.headers()}
 
 
 class ConfigItem(Resource):
@@ -189,7 +253,10 @@ class TokenItem(Resource):
             raise ValidationFailed(
                 "invalid token id", {"token_id": [f"Must match {TOKEN_ID_RE.pattern}."]}
             )
-        token_store().revoke(name, token_id)
+        zxid = token_store().revoke(name, token_id)
+        note = write_index.current()
+        if note is not None:
+            note.add(zxid)
         return "", 204
 
 

@@ -67,6 +67,8 @@ def problem_response(exc: BaseException) -> Response:
     resp = Response(json.dumps(body), status=err.status, mimetype=PROBLEM_JSON)
     if err.status == 401:
         resp.headers["WWW-Authenticate"] = 'Bearer realm="atlas"'
+    for name, value in getattr(err, "headers", {}).items():  # e.g. Retry-After on a 503
+        resp.headers[name] = value
     if err.status == 405 and isinstance(exc, HTTPException):
         allow = exc.get_headers()
         for name, value in allow:

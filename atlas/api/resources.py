@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
+from types import SimpleNamespace
 from typing import Any
 
-from flask import current_app, g, request
+from flask import Response, current_app, g, request
 from flask_restful import Resource
 
 from atlas.api import schemas as s
+from atlas.api.freshness import Choice, choose, freshness
 from atlas.api.http import (
     etag,
     if_match,
@@ -16,9 +21,17 @@ from atlas.api.http import (
     load_body,
     load_query,
 )
-from atlas.contract import HOST_RULE, check_service_name, normalize_host, parse_instance_id
+from atlas.contract import (
+    HOST_RULE,
+    check_service_name,
+    instance_id,
+    normalize_host,
+    parse_instance_id,
+)
 from atlas.errors import NotFound, PreconditionFailed, ValidationFailed
 from atlas.registry import Instance, Registry, Service
+from atlas.registry.service import INSTANCE_CURSOR, SERVICE_CURSOR
+from atlas.view import SERVICES, Snapshot, instances_key
 
 service_out = s.ServiceSchema()
 instance_out = s.InstanceSchema()
@@ -40,10 +53,12 @@ def registry() -> Registry:
     return reg
 
 
-def page_args() -> tuple[int, str | None]:
+def page_args(query: dict[str, str] | None = None) -> tuple[int, str | None]:
     """(limit, cursor) of a list request, with the configured default and maximum."""
-    args = load_query(page_query)
     settings = current_app.extensions["atlas"].settings
+    if not (request.args if query is None else query):
+        return settings.page_limit_default, None  # nothing to validate: the common case
+    args = load_query(page_query, query)
     limit = args.get("limit", settings.page_limit_default)
     if limit > settings.page_limit_max:
         raise ValidationFailed(
@@ -68,17 +83,109 @@ def _instance_key(instance: str) -> tuple[str, int]:
     return parse_instance_id(instance)
 
 
+def dumped_instances(snap: Snapshot, name: str) -> list[dict[str, Any]]:
+    """A view entry's instances, serialized once per entry (entries are immutable)."""
+    entry = snap.services[name]
+    items: list[dict[str, Any]] | None = entry.memo.get("dumped")
+    if items is None:
+        items = [dump_instance(i) for i in entry.instances]
+        entry.memo["dumped"] = items
+    return items
+
+
+def json_response(body: str, status: int, headers: dict[str, str]) -> Response | None:
+    """A response with this JSON text (made as flask-restful's output_json makes one), or None
+    when flask-restful would render something else (another Accept, debug indentation)."""
+    if current_app.debug or current_app.config.get("RESTFUL_JSON"):
+        return None
+    api = current_app.extensions.get("atlas_api")
+    representations = api.representations if api is not None else {"application/json": None}
+    chosen = request.accept_mimetypes.best_match(representations, default="application/json")
+    if chosen != "application/json":
+        return None
+    resp = current_app.response_class(body, status, headers)
+    resp.headers["Content-Type"] = "application/json"
+    return resp
+
+
+def render_cached(memo: dict[str, Any], key: str, build: Any) -> str:
+    """The JSON text of `build()`, made once per immutable view entry (as output_json does)."""
+    text: str | None = memo.get(key)
+    if text is None:
+        text = json.dumps(build()) + "\n"
+        memo[key] = text
+    return text
+
+
+# A page of services from the view is in name order, and its cursor says so: DynamoDB lists
+# services in its own (hash) order, so a cursor of one order is no place in the other.
+_BY_NAME = "name"
+
+
+def _services_cursor(cursor: str | None) -> tuple[str | None, bool]:
+    """(the name a page starts after, whether the cursor is a by-name one of the view)."""
+    if not cursor:
+        return None, False
+    try:
+        raw = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raw = None
+    if (
+        isinstance(raw, dict)
+        and raw.get("order") == {"S": _BY_NAME}
+        and set(raw) == {"name", "order"}
+    ):
+        name = raw["name"].get("S") if isinstance(raw["name"], dict) else None
+        if isinstance(name, str) and name:
+            return name, True
+    SERVICE_CURSOR.decode(cursor)  # 422 unless it is one of DynamoDB's
+    return None, False
+
+
+def _by_name_cursor(name: str) -> str:
+    key = {"name": {"S": name}, "order": {"S": _BY_NAME}}
+    raw = json.dumps(key, separators=(",", ":"), sort_keys=True).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _page_by_name(
+    items: list[Service], limit: int, after: str | None
+) -> tuple[list[Service], str | None]:
+    rest = [x for x in items if after is None or x.name > after]
+    page = rest[:limit]
+    return page, _by_name_cursor(page[-1].name) if len(rest) > limit else None
+
+
 class ServiceList(Resource):
     """/v1/services"""
 
     def get(self) -> Result:
-        """List services."""
-        limit, cursor = page_args()
-        page = registry().list_services(limit, cursor)
-        return {
-            "items": [dump_service(x) for x in page.items],
-            "next_cursor": page.next_cursor,
-        }, 200
+        """List services (from the view in name order; blocking with ?index=)."""
+        fresh, rest = freshness(blocking=True)
+        limit, cursor = page_args(rest)
+        after, by_name = _services_cursor(cursor)
+        choice = choose(fresh, SERVICES, None)
+        snap = choice.snapshot
+        if snap is not None and (by_name or cursor is None):
+            services = [snap.services[n].service for n in snap.names]
+            page, next_cursor = _page_by_name([x for x in services if x is not None], limit, after)
+        elif by_name:
+            # The view's order, continued from DynamoDB (the view is not current now).
+            everything = sorted(registry().scan_services(), key=lambda x: x.name)
+            page, next_cursor = _page_by_name(everything, limit, after)
+        else:
+            if snap is not None:
+                choice = Choice(None, choice.index, "cursor")
+            stored = registry().list_services(limit, cursor)
+            page, next_cursor = stored.items, stored.next_cursor
+        return (
+            {
+                "items": [dump_service(x) for x in page],
+                "next_cursor": next_cursor,
+            },
+            200,
+            choice.headers(),
+        )
 
     def post(self) -> Result:
         """Register a service."""
@@ -96,8 +203,15 @@ class ServiceItem(Resource):
 
     def get(self, name: str) -> Result:
         """Read a service."""
-        svc = registry().get_service(check_service_name(name))
-        return dump_service(svc), 200, {"ETag": etag(svc.version)}
+        check_service_name(name)
+        fresh, _ = freshness(blocking=False)
+        choice = choose(fresh, instances_key(name), name)
+        entry = choice.snapshot.entry(name) if choice.snapshot is not None else None
+        svc = entry.service if entry is not None and entry.service is not None else None
+        if svc is None:
+            choice = Choice(None)
+            svc = registry().get_service(name)
+        return dump_service(svc), 200, {"ETag": etag(svc.version), **choice.headers()}
 
     def patch(self, name: str) -> Result:
         """Change some fields of a service."""
@@ -118,14 +232,45 @@ class InstanceList(Resource):
     """/v1/services/{name}/instances"""
 
     def get(self, name: str) -> Result:
-        """List a service's instances."""
+        """List a service's instances (blocking with ?index=)."""
         check_service_name(name)
-        limit, cursor = page_args()
-        page = registry().list_instances(name, limit, cursor)
-        return {
-            "items": [dump_instance(x) for x in page.items],
-            "next_cursor": page.next_cursor,
-        }, 200
+        fresh, rest = freshness(blocking=True)
+        limit, cursor = page_args(rest)
+        start = INSTANCE_CURSOR.decode(cursor, service=name)
+        choice = choose(fresh, instances_key(name), name)
+        snap = choice.snapshot
+        if snap is not None:
+            entry = snap.services[name]
+            if start is None and limit >= len(entry.instances):
+                # The whole list in one page: its text is made once per entry.
+                text = render_cached(entry.memo, "all", lambda: {
+                    "items": dumped_instances(snap, name), "next_cursor": None})  # fmt: skip
+                resp = json_response(text, 200, choice.headers())
+                if resp is not None:
+                    return resp  # type: ignore[return-value]
+            items = dumped_instances(snap, name)
+            first = 0
+            if start is not None:
+                after = start["instance_id"]["S"]
+                first = next((i for i, x in enumerate(entry.instances) if x.id > after), len(items))
+            page = items[first : first + limit]
+            more = first + limit < len(items)
+            last = entry.instances[first + limit - 1] if more else None
+            next_cursor = (
+                INSTANCE_CURSOR.encode(SimpleNamespace(service=name, instance_id=last.id))  # type: ignore[arg-type]
+                if last is not None
+                else None
+            )
+            return {"items": page, "next_cursor": next_cursor}, 200, choice.headers()
+        stored = registry().list_instances(name, limit, cursor)
+        return (
+            {
+                "items": [dump_instance(x) for x in stored.items],
+                "next_cursor": stored.next_cursor,
+            },
+            200,
+            choice.headers(),
+        )
 
 
 class InstanceItem(Resource):
@@ -135,8 +280,14 @@ class InstanceItem(Resource):
         """Read an instance."""
         check_service_name(name)
         host, port = _instance_key(instance)
-        inst = registry().get_instance(name, host, port)
-        return dump_instance(inst), 200, {"ETag": etag(inst.version)}
+        fresh, _ = freshness(blocking=False)
+        choice = choose(fresh, instances_key(name), name)
+        entry = choice.snapshot.entry(name) if choice.snapshot is not None else None
+        inst = entry.by_id.get(instance_id(host, port)) if entry is not None else None
+        if inst is None:
+            choice = Choice(None)
+            inst = registry().get_instance(name, host, port)
+        return dump_instance(inst), 200, {"ETag": etag(inst.version), **choice.headers()}
 
     def put(self, name: str, instance: str) -> Result:
         """Attach (201) or replace (200) an instance."""
@@ -193,7 +344,13 @@ class HostItem(Resource):
     def get(self, host: str) -> Result:
         """Every instance on a host."""
         h = _host(host)
-        return host_out.dump({"host": h, "items": registry().host_instances(h)}), 200
+        fresh, _ = freshness(blocking=False)
+        choice = choose(fresh, SERVICES, None)
+        if choice.snapshot is not None:
+            items = list(choice.snapshot.hosts().get(h, ()))
+        else:
+            items = registry().host_instances(h)
+        return host_out.dump({"host": h, "items": items}), 200, choice.headers()
 
 
 class HostDisable(Resource):

@@ -38,6 +38,13 @@ def service_payload(svc: Service, instances: int) -> bytes:
                 else None
             ),
             "version": svc.version,
+            # Atlas: the rest of the API's record, so that every Atlas process can serve reads
+            # of the service from its in-memory view (atlas.view).
+            "description": svc.description,
+            "owner": svc.owner,
+            "tags": list(svc.tags),
+            "created_at": svc.created_at,
+            "updated_at": svc.updated_at,
         }
     )
 
@@ -64,7 +71,10 @@ def instance_payload(inst: Instance) -> bytes:
         "zone": inst.zone,
         "version": inst.version,
         "updated_at": inst.updated_at,
+        "created_at": inst.created_at,
     }
+    if inst.disabled_reason is not None:
+        body["disabled_reason"] = inst.disabled_reason
     if not inst.enabled:
         body["haproxy_server_options"] = "disabled"
     return dumps(body)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from atlas.errors import Conflict, NotFound, PreconditionFailed, ValidationFailed
@@ -38,6 +39,31 @@ def encode_value(value: Any) -> str:
             "value too large", {"value": [f"Must be at most {MAX_VALUE_BYTES} bytes as JSON."]}
         )
     return text
+
+
+@dataclass(frozen=True)
+class SealedEntry:
+    """One live key of a config document as stored: its JSON text, or its sealed secret."""
+
+    key: str
+    version: int
+    secret: bool
+    text: str | None
+    sealed: Any
+
+
+@dataclass(frozen=True)
+class ConfigDocument:
+    """A service's config as stored: every live key, secrets still sealed (safe to cache)."""
+
+    service: str
+    version: int
+    entries: tuple[SealedEntry, ...]
+
+    @property
+    def secrets(self) -> list[str]:
+        """The keys that are secrets (names only)."""
+        return [e.key for e in self.entries if e.secret]
 
 
 class ConfigStore:
@@ -94,21 +120,35 @@ class ConfigStore:
 
     def get_config(self, service: str, reveal: bool) -> ConfigView:
         """Every live key of a service; secrets opened when `reveal`, else masked."""
+        return self.open_document(self.document(service), reveal)
+
+    def document(self, service: str) -> ConfigDocument:
+        """Every live key of a service as stored, secrets sealed; 404 for a missing service."""
         svc = self.registry.get_service(service)
         # The version is read before the values, so it never claims more than they hold.
         version = svc.config_version
         with self.store.operation("reading the service's config"):
             items = list(self.models.Config.query(service, consistent_read=True))
+        entries = tuple(
+            SealedEntry(m.key, int(m.version), bool(m.secret), m.value, m.sealed)
+            for m in items
+            if not m.deleted
+        )
+        return ConfigDocument(service, version, entries)
+
+    def open_document(self, doc: ConfigDocument, reveal: bool) -> ConfigView:
+        """The values of a document; secrets opened (per call, never kept) when `reveal`."""
         values: dict[str, Any] = {}
         opened: list[str] = []
-        for m in items:
-            if m.deleted:
-                continue
-            entry = self._entry(m, reveal)
-            values[m.key] = entry.value
-            if m.secret and reveal:
-                opened.append(m.key)
-        return ConfigView(self.realm, service, version, values, tuple(opened))
+        for e in doc.entries:
+            if not e.secret:
+                values[e.key] = json.loads(e.text) if e.text is not None else None
+            elif reveal:
+                values[e.key] = self.sealer.open(e.sealed, self._ctx(doc.service, e.key, e.version))
+                opened.append(e.key)
+            else:
+                values[e.key] = dict(MASKED)
+        return ConfigView(self.realm, doc.service, doc.version, values, tuple(opened))
 
     def get_entry(
         self, service: str, key: str, version: int | None = None, reveal: bool = True

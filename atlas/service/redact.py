@@ -3,8 +3,9 @@
 A value is hidden when any of these holds:
 - its key is declared a secret in the service's config module (`KEY = secret()`);
 - its key looks like a secret (password, token, key, dsn, ...);
-- its key came from Atlas without being declared in the config module: Atlas's config document
-  does not say which of its keys are secrets, so an undeclared one is assumed to be;
+- its key came from Atlas without being declared in the config module and Atlas says it is a
+  secret (the document's `"secrets"` list), or the document did not say (an older Atlas), in
+  which case an undeclared one is assumed to be;
 and URLs lose the password part. Last, every string hidden anywhere is scrubbed from the whole
 rendered dump, so a secret copied into another value, an argument or an environment variable
 never shows either.
@@ -51,9 +52,16 @@ class Redactor:
     """Decides what the dump shows and remembers every secret string it hid (not thread-safe:
     build one per dump)."""
 
-    def __init__(self, secret_keys: Iterable[str] = (), undeclared_keys: Iterable[str] = ()):
+    def __init__(
+        self,
+        secret_keys: Iterable[str] = (),
+        undeclared_keys: Iterable[str] = (),
+        atlas_secrets: Iterable[str] | None = None,
+    ):
         self.secret_keys = set(secret_keys)
         self.undeclared_keys = set(undeclared_keys)
+        if atlas_secrets is not None:  # Atlas said which of its keys are secrets
+            self.undeclared_keys &= set(atlas_secrets)
         self.hidden: set[str] = set()
 
     def _hide(self, value: Any) -> str:

@@ -55,6 +55,7 @@ def test_plain_round_trip_and_config_version(web: Client) -> None:
             "FEATURES": {"beta": True, "n": 3},
             "DEBUG": False,
         },
+        "secrets": [],  # which keys are secrets (names only): none here
     }
     assert web.get(f"{CFG}/FEATURES").json["value"] == {"beta": True, "n": 3}
     # The service's own version (its ETag) does not move with its config.

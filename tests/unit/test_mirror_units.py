@@ -49,14 +49,22 @@ def test_plan_orders_deletes_deep_first_and_creates_shallow_first() -> None:
 
 def test_payloads_follow_the_design_layout() -> None:
     s = json.loads(service_payload(svc(health_check=HealthCheck("/h", 5, 1)), 2))
-    assert s == {"name": "api", "port": 80, "version": 3, "instances": 2,
+    design = {"name", "port", "version", "instances", "health_check"}
+    assert {k: s[k] for k in design} == {"name": "api", "port": 80, "version": 3, "instances": 2,
                  "health_check": {"path": "/h", "interval_s": 5, "timeout_s": 1}}  # fmt: skip
+    # Atlas's own fields beside them: the rest of the API's record, for the in-memory view.
+    assert {k: v for k, v in s.items() if k not in design} == {
+        "description": "", "owner": "", "tags": [],
+        "created_at": "2026-01-01T00:00:00.000Z", "updated_at": "2026-01-01T00:00:00.000Z",
+    }  # fmt: skip
     on = json.loads(instance_payload(inst()))
     assert on["registrationTimeUTC"] == 1767225601500
     assert on["serviceType"] == "STATIC" and on["sslPort"] is None and on["id"] == "10.0.0.1:80"
     assert "haproxy_server_options" not in on
     off = json.loads(instance_payload(inst(enabled=False, disabled_reason="x")))
     assert off["haproxy_server_options"] == "disabled" and off["enabled"] is False
+    assert off["disabled_reason"] == "x" and "disabled_reason" not in on
+    assert on["created_at"] == "2026-01-01T00:00:01.500Z"
     v6 = json.loads(instance_payload(inst(host="2001:db8::1")))
     assert v6["id"] == "[2001:db8::1]:80" and v6["address"] == "2001:db8::1"
 
