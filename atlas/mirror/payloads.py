@@ -67,6 +67,11 @@ def instance_payload(inst: Instance) -> bytes:
     }
     if not inst.enabled:
         body["haproxy_server_options"] = "disabled"
+    # Atlas, only when set (the sidecar applies them through HAProxy's runtime API).
+    if inst.drain:
+        body["drain"] = True
+    if inst.slow_start_s:
+        body["slow_start_s"] = inst.slow_start_s
     return dumps(body)
 
 
