@@ -319,7 +319,7 @@ def instance_rows(
             ago(i.get("updated_at")) if disabled else None,
         ]
         if until:
-            row.append(i.get("disabled_until") if disabled else None)
+            row.append(ago(i.get("disabled_until")) if disabled else None)
         if drain:
             row.append(bool(i.get("drain")))
         if slow:
