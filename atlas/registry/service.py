@@ -412,20 +412,20 @@ class Registry:
     # the second re-reads, counts again and is refused. Writes that only add serving
     # instances (attach, enable, undrain, an expiry) take no part: they only raise the count.
 
-    def _guard(self, service: str, with_instances: bool = False) -> _Guard:
+    def _guard(self, service: str) -> _Guard:
         """Read what a write that takes instances of `service` out of service is checked
-        against: the service first, then (when it has a floor, or when asked) its instances."""
+        against: the service first, then (when it has a floor) its instances' serving state."""
         m = self._load_service(service)
         floor = int(m.min_enabled or 0)
         seq = int(m.serving_seq) if m.serving_seq is not None else None
         instances: list[InstanceModel] = []
-        if floor or with_instances:
-            # Full items when the caller rewrites them, else only what the count needs.
-            fields = None if with_instances else ["service", "instance_id", "enabled", "drain"]
+        if floor:
             with self.store.operation("counting the service's instances"):
                 instances = list(
                     self.models.Instance.query(
-                        service, consistent_read=True, attributes_to_get=fields
+                        service,
+                        consistent_read=True,
+                        attributes_to_get=["service", "instance_id", "enabled", "drain"],
                     )
                 )
         return _Guard(service, floor, seq, instances)
@@ -784,16 +784,15 @@ class Registry:
             now = self.now()
             for name in sorted(wanted):
                 try:
-                    guard = self._guard(name, with_instances=True)
+                    guard = self._guard(name)
                 except NotFound:
                     continue  # deleted meanwhile, and its instances with it
                 writes = []
                 leaving = set()
-                for m in guard.instances:
-                    if m.instance_id not in wanted[name] or not (
-                        m.enabled or not m.disabled_reason
-                    ):
-                        continue
+                for iid in sorted(wanted[name]):
+                    m = self._get_instance_model(name, iid)
+                    if m is None or not (m.enabled or not m.disabled_reason):
+                        continue  # detached, or disabled with a reason, since the index said
                     if serving(m.enabled, m.drain):
                         leaving.add(m.instance_id)
                     read = int(m.version)
@@ -950,7 +949,7 @@ def _health_check(hc: Mapping[str, Any]) -> HealthCheckAttribute:
 @dataclass
 class _Guard:
     """What a write that takes instances of one service out of service read of the service:
-    its min_enabled and serving_seq, then its instances (see Registry._guard)."""
+    its min_enabled and serving_seq, then (with a floor) its instances (see Registry._guard)."""
 
     service: str
     min_enabled: int
