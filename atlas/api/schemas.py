@@ -25,6 +25,7 @@ from atlas.contract import (
     PORT_MAX,
     PORT_MIN,
     SERVICE_NAME_RE,
+    SLOW_START_MAX_S,
     TAG_RE,
     WEIGHT_MAX,
     WEIGHT_MIN,
@@ -82,8 +83,6 @@ class FullMatch(validate.Regexp):
 RFC3339_RE = re.compile(
     r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2})$"
 )
-#: Longest ramp-up of `slow_start_s` (HAProxy `slowstart`); the sidecar reads the same bound.
-SLOW_START_MAX_S = 3600
 #: Largest `min_enabled`.
 MIN_ENABLED_MAX = 10000
 

@@ -6,7 +6,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from atlas.contract import Layout
+from atlas.contract import INSTANCE_DRAIN, INSTANCE_SLOW_START, Layout
 from atlas.registry.records import Instance, Service
 
 
@@ -69,9 +69,9 @@ def instance_payload(inst: Instance) -> bytes:
         body["haproxy_server_options"] = "disabled"
     # Atlas, only when set (the sidecar applies them through HAProxy's runtime API).
     if inst.drain:
-        body["drain"] = True
+        body[INSTANCE_DRAIN] = True
     if inst.slow_start_s:
-        body["slow_start_s"] = inst.slow_start_s
+        body[INSTANCE_SLOW_START] = inst.slow_start_s
     return dumps(body)
 
 

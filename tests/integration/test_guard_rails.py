@@ -4,21 +4,32 @@ refusals that hold under concurrent writers, drain and slow start in the znodes.
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import requests
 
+from atlas.client import Session
 from atlas.config import Settings
 from atlas.mirror.reconciler import Reconciler
 from atlas.registry import Registry, build_models_for
 from atlas.registry.expiry import EXPIRY_PRINCIPAL, ExpirySweep
-from atlas.stack import AtlasServer, MotoServer, ZooKeeperServer
+from atlas.stack import (
+    AtlasServer,
+    ManagedProcess,
+    MotoServer,
+    ZooKeeperServer,
+    free_port,
+    wait_for_port,
+)
 from tests.helpers import ApiClient, wait_until
 from tests.integration.conftest import StartAtlas, atlas_env, migrate
 from tests.integration.scripted import MakeMirror, ScriptedTruth, mirror_on  # noqa: F401
+from tests.integration.test_end_to_end import echo_backends  # noqa: F401 (a fixture)
 from tests.integration.zkview import truth_tree, zk_tree
 
 FAST = {"ATLAS_ZK_TIMEOUT_S": "2", "ATLAS_RECONCILE_INTERVAL_S": "5"}
@@ -337,3 +348,66 @@ def test_a_refused_host_disable_writes_nothing_anywhere(
     assert forced.status_code == 200 and not any(i["enabled"] for i in forced.json()["items"])
     assert api.get(url("api", "10.0.0.2:80")).json()["enabled"] is True
     assert zk_tree(zk_server.address, realm) == truth_tree(moto_server.url, realm)
+
+
+# ------------------------------------------------------------------ through the sidecar
+
+
+def test_drain_and_a_timed_disable_reach_haproxy_through_the_sidecar(
+    zk_server: ZooKeeperServer,
+    start_atlas: StartAtlas,
+    realm: str,
+    echo_backends: list[int],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """API → DynamoDB → ZooKeeper → atlas-sidecar → HAProxy: a drain takes an instance out of
+    new traffic, an undrain and the end of a timed disable bring it back, with no reload."""
+    atlas = start_zk_atlas(start_atlas, zk_server, realm)
+    api = ApiClient(atlas.url)
+    b0, b1, _ = echo_backends
+    api.post("/v1/services", json={"name": "identity", "min_enabled": 1})
+    for p in (b0, b1):
+        assert api.put(url("identity", f"127.0.0.1:{p}"), json={"slow_start_s": 1}).ok
+    port, status_port = free_port(), free_port()
+    sidecar = ManagedProcess(
+        "sidecar",
+        [sys.executable, "-m", "atlas.sidecar.cli", "--zk", zk_server.address, "--realm", realm,
+         "--port", str(port), "--status-port", str(status_port),
+         "--state-dir", str(tmp_path / "sc"), "--reload-min-interval", "0.2",
+         "--reload-jitter", "0.1", "--spares", "0", "--stop-haproxy-on-exit"],
+        tmp_path / "sidecar.log",
+    )  # fmt: skip
+    sidecar.start()
+    try:
+        wait_for_port(port, timeout=30, proc=sidecar.proc)
+        wait_for_port(status_port, timeout=30, proc=sidecar.proc)
+        client = Session(sidecar_url=f"http://127.0.0.1:{port}")
+
+        def status() -> dict[str, Any]:
+            got: dict[str, Any] = requests.get(
+                f"http://127.0.0.1:{status_port}/status", timeout=5
+            ).json()
+            return got
+
+        def hit(n: int = 20) -> set[str]:
+            return {client.get("service://identity/").json()["backend"] for _ in range(n)}
+
+        wait_until(lambda: hit() == {"b0", "b1"}, timeout=30, what="both instances serve")
+        wait_until(lambda: status()["stale"] is False, what="settled")
+        reloads = status()["reloads"]
+        assert api.patch(url("identity", f"127.0.0.1:{b0}"), json={"drain": True}).ok
+        wait_until(lambda: hit() == {"b1"}, what="traffic leaves the draining instance")
+        # the last serving instance is guarded
+        refused = api.patch(url("identity", f"127.0.0.1:{b1}"), json={"enabled": False})
+        assert refused.status_code == 409
+        assert api.patch(url("identity", f"127.0.0.1:{b0}"), json={"drain": False}).ok
+        wait_until(lambda: hit() == {"b0", "b1"}, what="undrained")
+        timed = {"enabled": False, "disabled_until": rfc3339(5)}
+        assert api.patch(url("identity", f"127.0.0.1:{b1}"), json=timed).ok
+        wait_until(lambda: hit() == {"b0"}, what="the timed disable applied")
+        wait_until(lambda: hit() == {"b0", "b1"}, timeout=30, what="its end applied")
+        assert status()["reloads"] == reloads  # all through the runtime API
+    finally:
+        sidecar.stop()
+        log = (tmp_path / "sidecar.log").read_text(errors="replace")
+        assert "Traceback" not in log, log[-3000:]

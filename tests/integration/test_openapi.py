@@ -29,7 +29,7 @@ import schemathesis
 import yaml
 from openapi_spec_validator import validate
 
-from atlas.api.schemas import CURSOR_RE, MIN_ENABLED_MAX, RFC3339_RE, SLOW_START_MAX_S
+from atlas.api.schemas import CURSOR_RE, MIN_ENABLED_MAX, RFC3339_RE
 from atlas.app import create_app
 from atlas.config import Settings
 from atlas.contract import (
@@ -42,6 +42,7 @@ from atlas.contract import (
     INSTANCE_ID_PATTERN,
     LABEL_KEY_RE,
     SERVICE_NAME_RE,
+    SLOW_START_MAX_S,
     TAG_RE,
 )
 from atlas.stack import AtlasServer, MotoServer
