@@ -116,6 +116,7 @@ class Reconciler:
                 self._task_count(task, "runs")
             except Exception as exc:
                 self._task_count(task, "failures")
+                self.mirror.metrics.swallowed(f"leader_task_{task.name}")
                 if isinstance(exc, (*ZK_ERRORS, AtlasError)):
                     log.warning("leader task %s failed, retrying: %r", task.name, exc)
                 else:
