@@ -28,6 +28,7 @@ from atlas.registry import Mirror, Registry, build_models_for
 from atlas.registry.audit import AuditLog
 from atlas.registry.config import ConfigStore
 from atlas.registry.crypto import Sealer, sealer_for
+from atlas.registry.expiry import ExpirySweep
 from atlas.registry.tokens import TokenStore
 from atlas.ui import ui_blueprint
 from atlas.view import IndexedMirror, ZkView
@@ -173,7 +174,9 @@ class AtlasExtension:
                 if self._own_mirror and self.settings.reconciler_enabled:
                     # Built here, not in init_app: its election identity names this process.
                     self.reconciler = Reconciler(
-                        self.mirror, interval=self.settings.reconcile_interval_s
+                        self.mirror,
+                        interval=self.settings.reconcile_interval_s,
+                        tasks=[ExpirySweep(self.registry, self.audit)],
                     )
                     self.reconciler.start()
             _RUNNING.add(self)

@@ -17,7 +17,7 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import IO, Any, TypeVar
 
 import click
@@ -38,8 +38,10 @@ from atlas.errors import ValidationFailed
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: Fields the API adds with the guard-rails change; shown when the server returns them.
+#: Fields the API added with the guard rails; shown when the server returns them.
 NEWER_INSTANCE_FIELDS = ("disabled_until", "drain", "slow_start_s")
+#: The longest --for Atlas accepts (disabled_until at most 30 days ahead).
+MAX_FOR = timedelta(days=30)
 
 
 # ------------------------------------------------------------------ errors and context
@@ -69,11 +71,13 @@ def describe(exc: ApiError) -> str:
     for name in sorted(exc.errors):
         for message in exc.errors[name]:
             lines.append(f"  {name}: {message}")
-    if exc.status in (400, 422) and "disabled_until" in exc.errors:
+    if exc.status in (400, 422) and "Unknown field." in exc.errors.get("disabled_until", ()):
         lines.append(
             "hint: this Atlas server does not accept disabled_until (timed disables) yet; "
             "disable without --for, and enable again by hand"
         )
+    if exc.status == 409 and isinstance(exc.body, Mapping) and exc.body.get("refused"):
+        lines.append("hint: the service's min_enabled refuses it; --force does it anyway")
     if exc.status == 412:
         lines.append("hint: the resource changed since that version; read it again")
     if exc.status == 401:
@@ -219,6 +223,44 @@ def if_version_option(f: F) -> F:
     )(f)
 
 
+def force_option(f: F) -> F:
+    """--force: do it even below a service's min_enabled (sends ?force=true)."""
+    return click.option(
+        "--force",
+        is_flag=True,
+        help="Do it even if a service is left with fewer enabled instances than its min_enabled.",
+    )(f)
+
+
+def for_option(f: F) -> F:
+    """--for DURATION: a timed disable (sends disabled_until = now + DURATION)."""
+    return click.option(
+        "--for",
+        "for_",
+        metavar="DURATION",
+        default=None,
+        help="Enable again by itself after this long (30m, 1h30m, 2d; at most 30d): "
+        "sends disabled_until.",
+    )(f)
+
+
+def until_of(for_: str | None) -> str | None:
+    """The disabled_until of a --for DURATION (None without one); a usage error if bad."""
+    if for_ is None:
+        return None
+    try:
+        delta = parse_duration(for_)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--for'") from None
+    if delta <= timedelta(0) or delta > MAX_FOR:
+        raise click.BadParameter("must be more than 0 and at most 30d", param_hint="'--for'")
+    return rfc3339(datetime.now(UTC) + delta)
+
+
+def _force(force: bool) -> dict[str, str] | None:
+    return {"force": "true"} if force else None
+
+
 # ------------------------------------------------------------------ rendering
 
 
@@ -253,9 +295,15 @@ def instance_rows(
 ) -> tuple[list[str], list[list[Any]]]:
     """Headers and rows of an instance table; UNTIL only when the server sends disabled_until."""
     until = any("disabled_until" in i for i in items)
+    drain = any(i.get("drain") for i in items)
+    slow = any(i.get("slow_start_s") for i in items)
     headers = ["id", "enabled", "weight", "zone", "disabled reason", "since"]
     if until:
         headers.append("until")
+    if drain:
+        headers.append("drain")
+    if slow:
+        headers.append("slow start")
     headers += ["labels", "version"]
     if with_service:
         headers.insert(0, "service")
@@ -271,7 +319,11 @@ def instance_rows(
             ago(i.get("updated_at")) if disabled else None,
         ]
         if until:
-            row.append(i.get("disabled_until") if disabled else None)
+            row.append(ago(i.get("disabled_until")) if disabled else None)
+        if drain:
+            row.append(bool(i.get("drain")))
+        if slow:
+            row.append(f"{i['slow_start_s']}s" if i.get("slow_start_s") else None)
         row += [i.get("labels"), i.get("version")]
         if with_service:
             row.insert(0, i.get("service"))
@@ -293,6 +345,10 @@ def render_instance_change(verb: str, inst: Mapping[str, Any]) -> str:
         line += f": disabled, reason {inst.get('disabled_reason') or '-'}"
         if inst.get("disabled_until"):
             line += f", until {inst.get('disabled_until')}"
+    elif inst.get("drain"):
+        line += ": draining (no new requests)"
+    if inst.get("slow_start_s"):
+        line += f", slow start {inst.get('slow_start_s')}s"
     return line
 
 
@@ -375,6 +431,12 @@ def services_show(op: Op, service: str) -> None:
 @click.option("--interval", type=click.IntRange(1, 3600), help="Health check interval (s).")
 @click.option("--check-timeout", type=click.IntRange(1, 600), help="Health check timeout (s).")
 @click.option("--tag", "tags", multiple=True, help="A tag (repeatable).")
+@click.option(
+    "--min-enabled",
+    type=click.IntRange(0, 10000),
+    default=None,
+    help="Refuse disables that would leave fewer enabled instances (0: no floor).",
+)
 @api_command
 def services_create(
     op: Op,
@@ -386,10 +448,16 @@ def services_create(
     interval: int | None,
     check_timeout: int | None,
     tags: tuple[str, ...],
+    min_enabled: int | None,
 ) -> None:
     """Register a service."""
     body: dict[str, Any] = {"name": service}
-    for key, value in (("port", port), ("description", description), ("owner", owner)):
+    for key, value in (
+        ("port", port),
+        ("description", description),
+        ("owner", owner),
+        ("min_enabled", min_enabled),
+    ):
         if value is not None:
             body[key] = value
     if tags:
@@ -404,6 +472,45 @@ def services_create(
             hc["timeout_s"] = check_timeout
         body["health_check"] = hc
     svc = op.api.call("POST", "/v1/services", body=body)
+    op.show(svc, lambda: render_service(svc))
+
+
+@services.command("update")
+@click.argument("service", type=SERVICE)
+@click.option("--port", type=click.IntRange(1, 65535), help="Default port of its instances.")
+@click.option("--description", default=None, help="What the service does.")
+@click.option("--owner", default=None, help="The team that owns it.")
+@click.option(
+    "--min-enabled",
+    type=click.IntRange(0, 10000),
+    default=None,
+    help="Refuse disables that would leave fewer enabled instances (0: no floor).",
+)
+@if_version_option
+@api_command
+def services_update(
+    op: Op,
+    service: str,
+    port: int | None,
+    description: str | None,
+    owner: str | None,
+    min_enabled: int | None,
+    if_version: int | None,
+) -> None:
+    """Change some fields of a service (the ones given)."""
+    body: dict[str, Any] = {
+        key: value
+        for key, value in (
+            ("port", port),
+            ("description", description),
+            ("owner", owner),
+            ("min_enabled", min_enabled),
+        )
+        if value is not None
+    }
+    if not body:
+        raise click.UsageError("nothing to change: give at least one option")
+    svc = op.api.call("PATCH", f"/v1/services/{seg(service)}", body=body, if_version=if_version)
     op.show(svc, lambda: render_service(svc))
 
 
@@ -465,6 +572,15 @@ def _label(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) 
 @click.option("--disabled", is_flag=True, help="Attach it disabled.")
 @click.option("--reason", default=None, help="Why it is attached disabled.")
 @click.option("--new", "create_only", is_flag=True, help="Only create: fail if it is attached.")
+@click.option("--drain", is_flag=True, help="Attach it draining (no new requests).")
+@click.option(
+    "--slow-start",
+    type=click.IntRange(0, 3600),
+    default=None,
+    metavar="SECONDS",
+    help="After an enable, ramp its weight up over this many seconds.",
+)
+@force_option
 @if_version_option
 @api_command
 def attach(
@@ -477,6 +593,9 @@ def attach(
     disabled: bool,
     reason: str | None,
     create_only: bool,
+    drain: bool,
+    slow_start: int | None,
+    force: bool,
     if_version: int | None,
 ) -> None:
     """Attach HOST:PORT to a service (or replace it: every field not given takes its default)."""
@@ -493,9 +612,18 @@ def attach(
         body["labels"] = labels
     if reason is not None:
         body["disabled_reason"] = reason
+    if drain:
+        body["drain"] = True
+    if slow_start is not None:
+        body["slow_start_s"] = slow_start
     headers = {"If-None-Match": "*"} if create_only else None
     resp = op.api.request(
-        "PUT", _instance_path(service, instance), body=body, if_version=if_version, headers=headers
+        "PUT",
+        _instance_path(service, instance),
+        body=body,
+        params=_force(force),
+        if_version=if_version,
+        headers=headers,
     )
     inst = resp.json()
     verb = "attached" if resp.status_code == 201 else "replaced"
@@ -505,11 +633,14 @@ def attach(
 @click.command()
 @click.argument("service", type=SERVICE)
 @click.argument("instance", type=INSTANCE, metavar="HOST:PORT")
+@force_option
 @if_version_option
 @api_command
-def detach(op: Op, service: str, instance: str, if_version: int | None) -> None:
-    """Detach HOST:PORT from a service."""
-    op.api.call("DELETE", _instance_path(service, instance), if_version=if_version)
+def detach(op: Op, service: str, instance: str, force: bool, if_version: int | None) -> None:
+    """Detach HOST:PORT from a service (refused below its min_enabled unless --force)."""
+    op.api.call(
+        "DELETE", _instance_path(service, instance), params=_force(force), if_version=if_version
+    )
     op.show({"detached": instance, "service": service}, lambda: f"detached {service} {instance}")
 
 
@@ -530,13 +661,8 @@ def enable(op: Op, service: str, instance: str, if_version: int | None) -> None:
 @click.argument("service", type=SERVICE)
 @click.argument("instance", type=INSTANCE, metavar="HOST:PORT")
 @click.option("--reason", default=None, help="Why (shown to every operator).")
-@click.option(
-    "--for",
-    "for_",
-    metavar="DURATION",
-    default=None,
-    help="Enable again by itself after this long (30m, 1h30m, 2d): sends disabled_until.",
-)
+@for_option
+@force_option
 @if_version_option
 @api_command
 def disable(
@@ -545,20 +671,53 @@ def disable(
     instance: str,
     reason: str | None,
     for_: str | None,
+    force: bool,
     if_version: int | None,
 ) -> None:
-    """Disable HOST:PORT of a service without detaching it (no new requests go to it)."""
+    """Disable HOST:PORT of a service without detaching it (no new requests go to it).
+
+    Refused when the service would be left with fewer enabled instances than its min_enabled,
+    unless --force. With --for it ends by itself: Atlas enables it again then.
+    """
     body: dict[str, Any] = {"enabled": False}
     if reason is not None:
         body["disabled_reason"] = reason
-    if for_ is not None:
-        try:
-            delta = parse_duration(for_)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="'--for'") from None
-        body["disabled_until"] = rfc3339(datetime.now(UTC) + delta)
-    inst = op.api.call("PATCH", _instance_path(service, instance), body=body, if_version=if_version)
+    until = until_of(for_)
+    if until is not None:
+        body["disabled_until"] = until
+    inst = op.api.call(
+        "PATCH",
+        _instance_path(service, instance),
+        body=body,
+        params=_force(force),
+        if_version=if_version,
+    )
     op.show(inst, lambda: render_instance_change("disabled", inst))
+
+
+@click.command()
+@click.argument("service", type=SERVICE)
+@click.argument("instance", type=INSTANCE, metavar="HOST:PORT")
+@click.option("--undo", is_flag=True, help="Stop draining: take new requests again.")
+@force_option
+@if_version_option
+@api_command
+def drain(
+    op: Op, service: str, instance: str, undo: bool, force: bool, if_version: int | None
+) -> None:
+    """Drain HOST:PORT: no new requests, open ones finish (it stays enabled and attached).
+
+    A draining instance does not count toward min_enabled: refused like a disable unless
+    --force. `enable` also undrains.
+    """
+    inst = op.api.call(
+        "PATCH",
+        _instance_path(service, instance),
+        body={"drain": not undo},
+        params=None if undo else _force(force),
+        if_version=if_version,
+    )
+    op.show(inst, lambda: render_instance_change("undrained" if undo else "drained", inst))
 
 
 # ------------------------------------------------------------------ hosts
@@ -588,12 +747,20 @@ def hosts_show(op: Op, host: str) -> None:
 @hosts.command("disable")
 @click.argument("host")
 @click.option("--reason", default=None, help="Why (default: 'host disabled').")
+@for_option
+@force_option
 @api_command
-def hosts_disable(op: Op, host: str, reason: str | None) -> None:
-    """Disable every instance on HOST."""
-    body = op.api.call(
-        "POST", f"/v1/hosts/{seg(host)}/disable", body={"reason": reason} if reason else {}
-    )
+def hosts_disable(op: Op, host: str, reason: str | None, for_: str | None, force: bool) -> None:
+    """Disable every instance on HOST.
+
+    Every service on the host is checked against its min_enabled at once: if any would be left
+    with too few enabled instances, nothing is disabled (unless --force).
+    """
+    payload: dict[str, Any] = {"reason": reason} if reason else {}
+    until = until_of(for_)
+    if until is not None:
+        payload["disabled_until"] = until
+    body = op.api.call("POST", f"/v1/hosts/{seg(host)}/disable", body=payload, params=_force(force))
     items = body.get("items") or []
     op.show(body, lambda: f"disabled {len(items)} instance(s)\n" + render_instances(items, True))
 
@@ -885,6 +1052,7 @@ COMMANDS: list[click.Command] = [
     detach,
     enable,
     disable,
+    drain,
     hosts,
     config,
     tokens,

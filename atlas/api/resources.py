@@ -43,6 +43,8 @@ service_patch = s.ServicePatchSchema()
 instance_put = s.InstancePutSchema()
 instance_patch = s.InstancePatchSchema()
 host_action = s.HostActionSchema()
+host_disable = s.HostDisableSchema()
+force_query = s.ForceQuerySchema()
 
 Result = tuple[Any, int, dict[str, str]] | tuple[Any, int]
 
@@ -294,6 +296,7 @@ class InstanceItem(Resource):
         check_service_name(name)
         host, port = _instance_key(instance)
         data = load_body(instance_put)
+        force = load_query(force_query)["force"]
         mismatch = {
             k: ["Must match the instance id in the path."]
             for k, v in (("host", host), ("port", port))
@@ -308,7 +311,13 @@ class InstanceItem(Resource):
             except NotFound:
                 raise PreconditionFailed(f"instance {instance} does not exist") from None
         inst, created = registry().put_instance(
-            name, host, port, data, if_match=version, if_none_match=if_none_match_star()
+            name,
+            host,
+            port,
+            data,
+            if_match=version,
+            if_none_match=if_none_match_star(),
+            force=force,
         )
         headers = {"ETag": etag(inst.version)}
         if created:
@@ -316,18 +325,20 @@ class InstanceItem(Resource):
         return dump_instance(inst), 201 if created else 200, headers
 
     def patch(self, name: str, instance: str) -> Result:
-        """Change some fields of an instance (enable/disable, weight, ...)."""
+        """Change some fields of an instance (enable/disable, drain, weight, ...)."""
         check_service_name(name)
         host, port = _instance_key(instance)
         changes = load_body(instance_patch)
-        inst = registry().update_instance(name, host, port, changes, if_match())
+        force = load_query(force_query)["force"]
+        inst = registry().update_instance(name, host, port, changes, if_match(), force=force)
         return dump_instance(inst), 200, {"ETag": etag(inst.version)}
 
     def delete(self, name: str, instance: str) -> Result:
         """Detach an instance."""
         check_service_name(name)
         host, port = _instance_key(instance)
-        registry().delete_instance(name, host, port, if_match())
+        force = load_query(force_query)["force"]
+        registry().delete_instance(name, host, port, if_match(), force=force)
         return "", 204
 
 
@@ -357,10 +368,13 @@ class HostDisable(Resource):
     """/v1/hosts/{host}/disable"""
 
     def post(self, host: str) -> Result:
-        """Disable every instance on a host."""
+        """Disable every instance on a host (every service's min_enabled in one decision)."""
         h = _host(host)
-        body = load_body(host_action, required=False)
-        items = registry().set_host_enabled(h, False, body.get("reason"))
+        body = load_body(host_disable, required=False)
+        force = load_query(force_query)["force"]
+        items = registry().set_host_enabled(
+            h, False, body.get("reason"), until=body.get("disabled_until"), force=force
+        )
         return host_out.dump({"host": h, "items": items}), 200
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Any
 
 from marshmallow import (
@@ -24,6 +25,7 @@ from atlas.contract import (
     PORT_MAX,
     PORT_MIN,
     SERVICE_NAME_RE,
+    SLOW_START_MAX_S,
     TAG_RE,
     WEIGHT_MAX,
     WEIGHT_MIN,
@@ -77,6 +79,41 @@ class FullMatch(validate.Regexp):
         return value
 
 
+#: An RFC 3339 date-time (`2026-05-01T10:30:00Z`, `...00.250+02:00`); the same in openapi.yaml.
+RFC3339_RE = re.compile(
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+)
+#: Largest `min_enabled`.
+MIN_ENABLED_MAX = 10000
+
+
+class Rfc3339(fields.Field):
+    """An RFC 3339 date-time with a zone (Z or an offset), as an aware datetime."""
+
+    default_error_messages = {
+        "invalid": "Not an RFC 3339 date-time with a time zone (2026-05-01T10:30:00Z)."
+    }
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
+        if not isinstance(value, str) or RFC3339_RE.fullmatch(value) is None:
+            raise self.make_error("invalid")
+        text = value.upper()
+        head, dot, rest = text.partition(".")
+        if dot:  # Python reads at most microseconds: cut the fraction to 6 digits
+            digits = len(rest) - len(rest.lstrip("0123456789"))
+            text = f"{head}.{rest[: min(digits, 6)]}{rest[digits:]}"
+        try:
+            return datetime.fromisoformat(text)
+        except ValueError:
+            raise self.make_error("invalid") from None
+
+
+def _only_on_disable(data: dict[str, Any]) -> None:
+    """A (non-null) disabled_until goes only with `enabled: false` in the same body."""
+    if data.get("disabled_until") is not None and data.get("enabled") is not False:
+        raise ValidationError('Only on a disable: send "enabled": false with it.', "disabled_until")
+
+
 def _port(**kwargs: Any) -> StrictInteger:
     return StrictInteger(validate=validate.Range(PORT_MIN, PORT_MAX), **kwargs)
 
@@ -123,6 +160,7 @@ class ServiceCreateSchema(StrictSchema):
     port = _port(load_default=None, allow_none=True)
     health_check = fields.Nested(HealthCheckSchema, load_default=None, allow_none=True)
     tags = _tags()
+    min_enabled = StrictInteger(load_default=0, validate=validate.Range(0, MIN_ENABLED_MAX))
 
 
 class ServicePatchSchema(StrictSchema):
@@ -133,6 +171,7 @@ class ServicePatchSchema(StrictSchema):
     port = _port(allow_none=True)
     health_check = fields.Nested(HealthCheckSchema, allow_none=True)
     tags = _tags()
+    min_enabled = StrictInteger(validate=validate.Range(0, MIN_ENABLED_MAX))
 
 
 class ServiceSchema(Schema):
@@ -144,6 +183,7 @@ class ServiceSchema(Schema):
     port = fields.Integer(allow_none=True)
     health_check = fields.Nested(HealthCheckSchema, allow_none=True)
     tags = fields.List(fields.String())
+    min_enabled = fields.Integer()
     version = fields.Integer()
     created_at = fields.String()
     updated_at = fields.String()
@@ -171,6 +211,13 @@ class InstancePutSchema(StrictSchema):
     disabled_reason = fields.String(
         load_default=None, allow_none=True, validate=validate.Length(max=512)
     )
+    drain = StrictBoolean(load_default=False)
+    slow_start_s = StrictInteger(load_default=0, validate=validate.Range(0, SLOW_START_MAX_S))
+    disabled_until = Rfc3339(load_default=None, allow_none=True)
+
+    @validates_schema
+    def _until_on_disable(self, data: dict[str, Any], **kwargs: Any) -> None:
+        _only_on_disable(data)
 
 
 class InstancePatchSchema(StrictSchema):
@@ -181,6 +228,13 @@ class InstancePatchSchema(StrictSchema):
     zone = fields.String(allow_none=True, validate=validate.Length(1, 64))
     labels = _labels()
     disabled_reason = fields.String(allow_none=True, validate=validate.Length(max=512))
+    drain = StrictBoolean()
+    slow_start_s = StrictInteger(validate=validate.Range(0, SLOW_START_MAX_S))
+    disabled_until = Rfc3339(allow_none=True)
+
+    @validates_schema
+    def _until_on_disable(self, data: dict[str, Any], **kwargs: Any) -> None:
+        _only_on_disable(data)
 
 
 class InstanceSchema(Schema):
@@ -195,15 +249,30 @@ class InstanceSchema(Schema):
     zone = fields.String(allow_none=True)
     labels = fields.Dict(keys=fields.String(), values=fields.String())
     disabled_reason = fields.String(allow_none=True)
+    drain = fields.Boolean()
+    slow_start_s = fields.Integer()
+    disabled_until = fields.String(allow_none=True)
     version = fields.Integer()
     created_at = fields.String()
     updated_at = fields.String()
 
 
 class HostActionSchema(StrictSchema):
-    """Body (optional) of POST /v1/hosts/{host}/disable|enable."""
+    """Body (optional) of POST /v1/hosts/{host}/enable."""
 
     reason = fields.String(validate=validate.Length(max=512))
+
+
+class HostDisableSchema(HostActionSchema):
+    """Body (optional) of POST /v1/hosts/{host}/disable: a reason, and an end for a timed one."""
+
+    disabled_until = Rfc3339(allow_none=True)
+
+
+class ForceQuerySchema(StrictSchema):
+    """Query string of the writes min_enabled may refuse (disable, drain, detach, host-disable)."""
+
+    force = fields.Boolean(load_default=False)
 
 
 class HostSchema(Schema):

@@ -6,7 +6,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from atlas.contract import Layout
+from atlas.contract import INSTANCE_DRAIN, INSTANCE_SLOW_START, Layout
 from atlas.registry.records import Instance, Service
 
 
@@ -45,6 +45,8 @@ def service_payload(svc: Service, instances: int) -> bytes:
             "tags": list(svc.tags),
             "created_at": svc.created_at,
             "updated_at": svc.updated_at,
+            # The guard rail's floor, only when set (no consumer reads it; the view does).
+            **({"min_enabled": svc.min_enabled} if svc.min_enabled else {}),
         }
     )
 
@@ -77,6 +79,13 @@ def instance_payload(inst: Instance) -> bytes:
         body["disabled_reason"] = inst.disabled_reason
     if not inst.enabled:
         body["haproxy_server_options"] = "disabled"
+    # Atlas, only when set (the sidecar applies them through HAProxy's runtime API).
+    if inst.drain:
+        body[INSTANCE_DRAIN] = True
+    if inst.slow_start_s:
+        body[INSTANCE_SLOW_START] = inst.slow_start_s
+    if inst.disabled_until is not None:
+        body["disabled_until"] = inst.disabled_until  # for the view; the leader ends it
     return dumps(body)
 
 

@@ -7,7 +7,8 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import CancelledError, LockTimeout
@@ -17,6 +18,20 @@ from atlas.errors import AtlasError
 from atlas.mirror.zk import ZK_ERRORS, MirrorConflict, ZkMirror
 
 log = logging.getLogger(__name__)
+
+
+class LeaderTask(Protocol):
+    """Periodic work that only the leader does (e.g. atlas.registry.expiry.ExpirySweep).
+
+    It must be safe if, for a moment during a handover, two processes run it at once (the
+    expiry sweep's writes are conditional on the versions it read).
+    """
+
+    name: str
+    interval_s: float
+
+    def run_once(self) -> Any:
+        """Do one round of the work; errors are counted and logged by the reconciler."""
 
 
 class Reconciler:
@@ -35,6 +50,7 @@ class Reconciler:
         identifier: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         contend_s: float = 5.0,
+        tasks: Sequence[LeaderTask] = (),
     ) -> None:
         self.mirror = mirror
         self.interval = interval
@@ -44,6 +60,15 @@ class Reconciler:
         self._stopped = threading.Event()
         self._kick = threading.Event()
         self._thread: threading.Thread | None = None
+        # Leader tasks run on threads of their own, beside reconcile() (which may take long on
+        # a large realm), while `_leading` is set.
+        self.tasks = list(tasks)
+        self._leading = threading.Event()
+        self._task_threads: list[threading.Thread] = []
+        self._task_lock = threading.Lock()
+        self.task_counters: dict[str, dict[str, int]] = {
+            t.name: {"runs": 0, "failures": 0} for t in self.tasks
+        }
         # The contender in progress, and the client it contends on (set by our thread only).
         self._lock: Lock | None = None
         self._lock_client: KazooClient | None = None
@@ -53,6 +78,12 @@ class Reconciler:
         """Contend for leadership in a background thread. Not thread-safe; call once."""
         self._thread = threading.Thread(target=self._run, name="atlas-reconciler", daemon=True)
         self._thread.start()
+        for task in self.tasks:
+            t = threading.Thread(
+                target=self._run_task, args=(task,), name=f"atlas-{task.name}", daemon=True
+            )
+            t.start()
+            self._task_threads.append(t)
 
     def stop(self) -> None:
         """Stop contending (and leading). Not thread-safe; call once."""
@@ -63,6 +94,34 @@ class Reconciler:
             lock.cancel()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        for t in self._task_threads:
+            t.join(timeout=10)
+
+    @property
+    def leading(self) -> bool:
+        """True while this process leads. Thread-safe."""
+        return self._leading.is_set()
+
+    def _task_count(self, task: LeaderTask, counter: str) -> None:
+        with self._task_lock:
+            self.task_counters[task.name][counter] += 1
+
+    def _run_task(self, task: LeaderTask) -> None:
+        # A leader task's own thread: run it every interval while leading; nothing escapes.
+        while not self._stopped.is_set():
+            if not self._leading.wait(timeout=0.5):
+                continue
+            try:
+                task.run_once()
+                self._task_count(task, "runs")
+            except Exception as exc:
+                self._task_count(task, "failures")
+                self.mirror.metrics.swallowed(f"leader_task_{task.name}")
+                if isinstance(exc, (*ZK_ERRORS, AtlasError)):
+                    log.warning("leader task %s failed, retrying: %r", task.name, exc)
+                else:
+                    log.exception("leader task %s crashed, retrying", task.name)
+            self._stopped.wait(task.interval_s)
 
     def trigger(self) -> None:
         """Ask the leader (if this process is it) to reconcile now. Thread-safe."""
@@ -124,6 +183,7 @@ class Reconciler:
     def _lead(self, client: KazooClient) -> None:
         session = _session_id(client)
         self.mirror.set_leader(True)
+        self._leading.set()
         log.info("this process (%s) now leads reconciliation", self.identifier)
         try:
             next_run = 0.0
@@ -143,6 +203,7 @@ class Reconciler:
                         next_run = self.clock() + min(self.interval, 5.0)
                 self._kick.wait(timeout=0.25)
         finally:
+            self._leading.clear()
             self.mirror.set_leader(False)
 
 

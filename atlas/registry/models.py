@@ -24,7 +24,7 @@ from pynamodb.attributes import (
 )
 from pynamodb.connection import Connection
 from pynamodb.expressions.condition import Condition
-from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
+from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, IncludeProjection
 from pynamodb.models import Model
 
 SERVICES = "services"
@@ -35,6 +35,11 @@ CONFIG_HISTORY = "config-history"
 TOKENS = "tokens"
 AUDIT = "audit"
 HOST_INDEX = "by-host"
+EXPIRY_INDEX = "by-expiry"
+#: The one value of `expiry_shard`: every timed disable sits in one partition of the sparse
+#: `by-expiry` index, ordered by `disabled_until` (timed disables are few; one query finds the
+#: due ones).
+EXPIRY_SHARD = "due"
 TOKEN_SERVICE_INDEX = "by-service"
 
 
@@ -57,6 +62,12 @@ class ServiceModel(Model):
     tags = ListAttribute(of=UnicodeAttribute, default=list)  # of str
     deleting = BooleanAttribute(default=False)
     deleting_by = UnicodeAttribute(null=True)  # the DELETE that set `deleting`
+    # Fewest instances that must stay serving (enabled, not draining); absent: 0.
+    min_enabled = NumberAttribute(null=True)
+    # Bumped by every write that takes an instance of a service with min_enabled > 0 out of
+    # service, in the same transaction, conditioned on the value read before counting: two such
+    # writes can never both pass the count (see Registry._serving_guard). Not in the ETag.
+    serving_seq = NumberAttribute(null=True)
     config_version = NumberAttribute(default=0)
     created_at = UnicodeAttribute()
     updated_at = UnicodeAttribute()
@@ -79,6 +90,18 @@ class HostIndex(GlobalSecondaryIndex["InstanceModel"]):
     service = UnicodeAttribute(range_key=True)
 
 
+class ExpiryIndex(GlobalSecondaryIndex["InstanceModel"]):
+    """Timed disables by expiry (sparse: only instances with `disabled_until`; eventually
+    consistent). The version is projected so that the expiry's write can be conditioned on it."""
+
+    class Meta:
+        index_name = EXPIRY_INDEX
+        projection = IncludeProjection(["version"])
+
+    expiry_shard = UnicodeAttribute(hash_key=True)
+    disabled_until = UnicodeAttribute(range_key=True)
+
+
 class InstanceModel(Model):
     """One host:port of a service (`<prefix>instances`)."""
 
@@ -91,10 +114,15 @@ class InstanceModel(Model):
     zone = UnicodeAttribute(null=True)
     labels = MapAttribute[str, Any](default=dict)
     disabled_reason = UnicodeAttribute(null=True)
+    drain = BooleanAttribute(null=True)  # no new requests, open ones finish; absent: false
+    slow_start_s = NumberAttribute(null=True)  # weight ramps up after an enable; absent: 0
+    disabled_until = UnicodeAttribute(null=True)  # a disable that Atlas ends at this time
+    expiry_shard = UnicodeAttribute(null=True)  # EXPIRY_SHARD exactly when disabled_until is set
     created_at = UnicodeAttribute()
     updated_at = UnicodeAttribute()
     version = NumberAttribute()
     by_host = HostIndex()
+    by_expiry = ExpiryIndex()
 
 
 class _ConfigVersion(Model):

@@ -32,6 +32,7 @@ class Service:
     updated_at: str
     config_version: int = 0
     deleting: bool = False
+    min_enabled: int = 0
 
 
 @dataclass(frozen=True)
@@ -49,11 +50,29 @@ class Instance:
     version: int
     created_at: str
     updated_at: str
+    drain: bool = False
+    slow_start_s: int = 0
+    disabled_until: str | None = None
 
     @property
     def id(self) -> str:
         """The instance id, `host:port` (IPv6 hosts in brackets)."""
         return instance_id(self.host, self.port)
+
+    @property
+    def serving(self) -> bool:
+        """True when it takes new requests (enabled, not draining): what min_enabled counts."""
+        return self.enabled and not self.drain
+
+
+@dataclass(frozen=True)
+class DueExpiry:
+    """A timed disable whose end has passed, as the expiry index saw it (maybe stale)."""
+
+    service: str
+    instance_id: str
+    version: int
+    disabled_until: str
 
 
 @dataclass(frozen=True)

@@ -6,28 +6,51 @@ import logging
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import suppress
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from atlas.errors import Conflict, NotFound, PreconditionFailed
 from atlas.registry.mirror import Mirror, NullMirror
-from atlas.registry.models import HealthCheckAttribute, InstanceModel, Models, ServiceModel
-from atlas.registry.records import HealthCheck, Instance, Page, Service, instance_id
+from atlas.registry.models import (
+    EXPIRY_SHARD,
+    HealthCheckAttribute,
+    InstanceModel,
+    Models,
+    ServiceModel,
+)
+from atlas.registry.records import (
+    DueExpiry,
+    HealthCheck,
+    Instance,
+    Page,
+    Service,
+    instance_id,
+)
+from atlas.registry.serving import Floor, MinEnabledRefused, serving, with_until
 from atlas.registry.store import (
     ConditionFailed,
     CursorKey,
     ScanPolicy,
     Store,
     StoreMetrics,
+    Transaction,
     TransactionCanceled,
+    TransactionConflict,
     race_retries,
+    timestamp,
     utcnow,
 )
 
 log = logging.getLogger(__name__)
 
-SERVICE_FIELDS = ("description", "owner", "port", "health_check", "tags")
-INSTANCE_FIELDS = ("enabled", "weight", "zone", "labels", "disabled_reason")
+SERVICE_FIELDS = ("description", "owner", "port", "health_check", "tags", "min_enabled")
+INSTANCE_FIELDS = (
+    "enabled", "weight", "zone", "labels", "disabled_reason", "drain", "slow_start_s",
+    "disabled_until",
+)  # fmt: skip
+#: DynamoDB's limit on the items of one TransactWriteItems.
+MAX_TRANSACTION_ITEMS = 100
 SERVICE_CURSOR = CursorKey(("name",))
 INSTANCE_CURSOR = CursorKey(("service", "instance_id"))
 
@@ -68,6 +91,7 @@ class Registry:
             updated_at=m.updated_at,
             config_version=int(m.config_version or 0),
             deleting=bool(m.deleting),
+            min_enabled=int(m.min_enabled or 0),
         )
 
     @staticmethod
@@ -86,6 +110,9 @@ class Registry:
             version=int(m.version),
             created_at=m.created_at,
             updated_at=m.updated_at,
+            drain=bool(m.drain),
+            slow_start_s=int(m.slow_start_s or 0),
+            disabled_until=m.disabled_until,
         )
 
     def now(self) -> str:
@@ -151,6 +178,7 @@ class Registry:
             tags=list(data.get("tags") or []),
             deleting=False,
             config_version=0,
+            min_enabled=data.get("min_enabled") or None,
             created_at=now,
             updated_at=now,
             version=1,
@@ -209,6 +237,8 @@ class Registry:
                 actions.append(attr.set(list(value or [])))
             elif key in ("description", "owner"):
                 actions.append(attr.set(value or ""))
+            elif key == "min_enabled":
+                actions.append(attr.set(value) if value else attr.remove())
             elif value is None:
                 actions.append(attr.remove())
             else:
@@ -365,6 +395,69 @@ class Registry:
             raise NotFound(f"instance {instance_id(host, port)} of {service!r} does not exist")
         return self.instance_record(m)
 
+    def _with_until(self, changes: Mapping[str, Any]) -> dict[str, Any]:
+        """Changes whose `disabled_until` (a datetime) is checked against the clock and stored
+        as a timestamp; 422 naming the field when it is past or too far ahead."""
+        return with_until(changes, timestamp, self.clock())
+
+    # The min_enabled guard. A write that takes instances out of service (a disable, a drain,
+    # a detach, a replacement that does not serve) reads the service (its min_enabled and
+    # serving_seq), then counts the service's serving instances with a consistent query, and
+    # commits in one transaction with its instance writes either
+    #   - min_enabled == 0: a check that min_enabled is still 0, or
+    #   - min_enabled > 0: serving_seq + 1, on condition that min_enabled and serving_seq are
+    #     still what it read.
+    # So between the count and the commit no other such write committed (it would have bumped
+    # serving_seq): two writes that are each fine alone but not together cannot both commit;
+    # the second re-reads, counts again and is refused. Writes that only add serving
+    # instances (attach, enable, undrain, an expiry) take no part: they only raise the count.
+
+    def _guard(self, service: str) -> _Guard:
+        """Read what a write that takes instances of `service` out of service is checked
+        against: the service first, then (when it has a floor) its instances' serving state."""
+        m = self._load_service(service)
+        floor = int(m.min_enabled or 0)
+        seq = int(m.serving_seq) if m.serving_seq is not None else None
+        instances: list[InstanceModel] = []
+        if floor:
+            with self.store.operation("counting the service's instances"):
+                instances = list(
+                    self.models.Instance.query(
+                        service,
+                        consistent_read=True,
+                        attributes_to_get=["service", "instance_id", "enabled", "drain"],
+                    )
+                )
+        return _Guard(service, floor, seq, instances)
+
+    def _guard_op(
+        self, tx: Transaction, guard: _Guard, role: str = "service", base: Any = None
+    ) -> None:
+        """Add the guard's item to a transaction (see above); `base` is a further condition."""
+        svc = self.models.Service
+        if guard.min_enabled == 0:
+            condition = svc.min_enabled.does_not_exist() | (svc.min_enabled == 0)
+            tx.check(
+                role, svc, guard.service, condition=condition if base is None else base & condition
+            )
+            return
+        seq = (
+            svc.serving_seq.does_not_exist() if guard.seq is None else svc.serving_seq == guard.seq
+        )
+        condition = svc.name.exists() & (svc.min_enabled == guard.min_enabled) & seq
+        if base is not None:
+            condition &= base
+        tx.update(role, svc(guard.service), [svc.serving_seq.add(1)], condition=condition)
+
+    def _guarded(self, service: str, leaving: set[str], force: bool) -> _Guard:
+        """The guard of a write that takes `leaving` out of service; 409 if min_enabled refuses
+        it (unless force)."""
+        guard = self._guard(service)
+        floor = guard.floor(leaving)
+        if floor is not None and floor.refused and not force:
+            raise MinEnabledRefused([floor])
+        return guard
+
     def put_instance(
         self,
         service: str,
@@ -373,8 +466,14 @@ class Registry:
         data: Mapping[str, Any],
         if_match: int | None = None,
         if_none_match: bool = False,
+        force: bool = False,
     ) -> tuple[Instance, bool]:
-        """Attach or replace an instance; returns (record, created)."""
+        """Attach or replace an instance; returns (record, created).
+
+        Replacing a serving instance with one that does not serve (disabled, draining) is
+        held to the service's min_enabled (409 unless `force`).
+        """
+        data = self._with_until(data)
         iid = instance_id(host, port)
         svc = self.models.Service
         model = self.models.Instance
@@ -386,6 +485,7 @@ class Registry:
                 raise PreconditionFailed(f"instance {iid} is not at version {if_match}")
             now = self.now()
             enabled = bool(data.get("enabled", True))
+            until = None if enabled else data.get("disabled_until")
             m = model(
                 service,
                 iid,
@@ -396,6 +496,10 @@ class Registry:
                 zone=data.get("zone"),
                 labels=dict(data.get("labels") or {}),
                 disabled_reason=None if enabled else data.get("disabled_reason"),
+                drain=True if data.get("drain") else None,
+                slow_start_s=data.get("slow_start_s") or None,
+                disabled_until=until,
+                expiry_shard=EXPIRY_SHARD if until else None,
                 created_at=existing.created_at if existing is not None else now,
                 updated_at=now,
                 version=int(existing.version) + 1 if existing is not None else 1,
@@ -405,16 +509,22 @@ class Registry:
                 if existing is None
                 else model.version == existing.version
             )
+            leaves = (
+                existing is not None
+                and serving(existing.enabled, existing.drain)
+                and not serving(m.enabled, m.drain)
+            )
+            guard = self._guarded(service, {iid}, force) if leaves else None
             prepared = self._prepare(service, iid)
             try:
                 with self.store.transaction("attaching the instance") as tx:
-                    tx.check(
-                        "service",
-                        svc,
-                        service,
-                        condition=svc.live(),
-                    )
+                    if guard is None:
+                        tx.check("service", svc, service, condition=svc.live())
+                    else:
+                        self._guard_op(tx, guard, base=svc.live())
                     tx.save("instance", m, condition=unchanged)
+            except TransactionConflict:
+                continue
             except TransactionCanceled as canceled:
                 if canceled.failed("service"):
                     current = self._load_service(service)  # raises NotFound if gone
@@ -457,26 +567,43 @@ class Registry:
         iid: str,
         changes: Mapping[str, Any],
         if_match: int | None = None,
+        force: bool = False,
     ) -> Instance:
-        if "disabled_reason" in changes and "enabled" not in changes:
+        if (
+            changes.get("enabled") is False
+            or changes.get("drain") is True
+            or "disabled_until" in changes
             # Whether the reason sticks depends on the stored `enabled`: read, then write.
-            return self._modify_instance_read_write(service, iid, changes, if_match)
+            or ("disabled_reason" in changes and "enabled" not in changes)
+        ):
+            # May take the instance out of service (min_enabled), or depends on what is stored.
+            return self._modify_instance_read_write(service, iid, changes, if_match, force)
+        # Only adds to what serves (an enable, an undrain) or changes nothing of it: one
+        # UpdateItem without a read.
         model = self.models.Instance
         actions: list[Any] = []
-        clears_reason = changes.get("enabled") is True
+        clears = changes.get("enabled") is True
         for key in INSTANCE_FIELDS:
-            if key not in changes or (key == "disabled_reason" and clears_reason):
+            if key not in changes or (key == "disabled_reason" and clears):
                 continue
             attr = getattr(model, key)
             value = changes[key]
             if key == "labels":
                 actions.append(attr.set(dict(value or {})))
-            elif value is None:
+            elif value is None or (key in ("drain", "slow_start_s") and not value):
                 actions.append(attr.remove())
             else:
                 actions.append(attr.set(value))
-        if clears_reason:
-            actions.append(model.disabled_reason.remove())
+        if clears:
+            # Enabled again: no reason, no end of a disable, and back in service (undrained)
+            # unless the same request drains it.
+            actions += [
+                model.disabled_reason.remove(),
+                model.disabled_until.remove(),
+                model.expiry_shard.remove(),
+            ]
+            if "drain" not in changes:
+                actions.append(model.drain.remove())
         actions += [model.updated_at.set(self.now()), model.version.add(1)]
         condition = model.service.exists()
         if if_match is not None:
@@ -501,6 +628,7 @@ class Registry:
         iid: str,
         changes: Mapping[str, Any],
         if_match: int | None = None,
+        force: bool = False,
     ) -> Instance:
         model = self.models.Instance
         for _ in race_retries(f"instance {iid}"):
@@ -511,22 +639,28 @@ class Registry:
             read = int(m.version)
             if if_match is not None and read != if_match:
                 raise PreconditionFailed(f"instance {iid} is not at version {if_match}")
-            for key in INSTANCE_FIELDS:
-                if key in changes:
-                    setattr(m, key, dict(changes[key] or {}) if key == "labels" else changes[key])
-            if m.enabled:
-                m.disabled_reason = None
+            was_serving = serving(m.enabled, m.drain)
+            _apply_changes(m, changes)
             m.updated_at = self.now()
             m.version = read + 1
+            leaves = was_serving and not serving(m.enabled, m.drain)
+            guard = self._guarded(service, {iid}, force) if leaves else None
+            unchanged = model.service.exists() & (model.version == read)
             prepared = self._prepare(service, iid)
             try:
-                self.store.put(
-                    m,
-                    action="updating the instance",
-                    condition=model.service.exists() & (model.version == read),
+                if guard is None:
+                    self.store.put(m, action="updating the instance", condition=unchanged)
+                else:
+                    with self.store.transaction("updating the instance") as tx:
+                        self._guard_op(tx, guard)
+                        tx.save("instance", m, condition=unchanged)
+            except TransactionConflict:
+                continue
+            except (ConditionFailed, TransactionCanceled) as exc:
+                lost_instance = isinstance(exc, ConditionFailed) or (
+                    isinstance(exc, TransactionCanceled) and exc.failed("instance")
                 )
-            except ConditionFailed:
-                if if_match is not None:
+                if lost_instance and if_match is not None:
                     raise PreconditionFailed(f"instance {iid} changed concurrently") from None
                 continue
             record = self.instance_record(m)
@@ -541,33 +675,60 @@ class Registry:
         port: int,
         changes: Mapping[str, Any],
         if_match: int | None = None,
+        force: bool = False,
     ) -> Instance:
-        """Partially update an instance (enable/disable, weight, zone, labels)."""
-        return self._modify_instance(service, instance_id(host, port), changes, if_match)
+        """Partially update an instance (enable/disable, drain, weight, zone, labels, ...).
+
+        A disable or a drain of a serving instance is held to the service's min_enabled (409
+        unless `force`). Enabling clears `disabled_reason`, `disabled_until` and `drain` (unless
+        the same change sets `drain`); a disable without `disabled_until` is open-ended.
+        """
+        changes = self._with_until(changes)
+        return self._modify_instance(service, instance_id(host, port), changes, if_match, force)
 
     def delete_instance(
-        self, service: str, host: str, port: int, if_match: int | None = None
+        self,
+        service: str,
+        host: str,
+        port: int,
+        if_match: int | None = None,
+        force: bool = False,
     ) -> None:
-        """Detach an instance."""
+        """Detach an instance; a serving one is held to the service's min_enabled (409 unless
+        `force`)."""
         iid = instance_id(host, port)
-        m = self._get_instance_model(service, iid)
-        if m is None:
-            self._load_service(service)
-            raise NotFound(f"instance {iid} of {service!r} does not exist")
-        if if_match is not None and int(m.version) != if_match:
-            raise PreconditionFailed(f"instance {iid} is at version {m.version}, not {if_match}")
-        prepared = self._prepare(service, iid)
-        try:
-            self.store.delete(
-                m,
-                action="detaching the instance",
-                condition=self.models.Instance.version == m.version
-                if if_match is not None
-                else None,
-            )
-        except ConditionFailed:
-            raise PreconditionFailed(f"instance {iid} changed concurrently") from None
-        self._instance_changed(service, iid, None, prepared)
+        model = self.models.Instance
+        for _ in race_retries(f"instance {iid}"):
+            m = self._get_instance_model(service, iid)
+            if m is None:
+                self._load_service(service)
+                raise NotFound(f"instance {iid} of {service!r} does not exist")
+            if if_match is not None and int(m.version) != if_match:
+                raise PreconditionFailed(
+                    f"instance {iid} is at version {m.version}, not {if_match}"
+                )
+            guard = self._guarded(service, {iid}, force) if serving(m.enabled, m.drain) else None
+            unchanged = model.version == m.version
+            prepared = self._prepare(service, iid)
+            try:
+                if guard is None:
+                    self.store.delete(m, action="detaching the instance", condition=unchanged)
+                else:
+                    with self.store.transaction("detaching the instance") as tx:
+                        self._guard_op(tx, guard)
+                        tx.delete("instance", m, condition=unchanged)
+            except TransactionConflict:
+                continue
+            except (ConditionFailed, TransactionCanceled) as exc:
+                lost_instance = isinstance(exc, ConditionFailed) or (
+                    isinstance(exc, TransactionCanceled) and exc.failed("instance")
+                )
+                if lost_instance and if_match is not None:
+                    raise PreconditionFailed(f"instance {iid} changed concurrently") from None
+                continue  # it changed (or another guarded write committed): decide again
+            self._instance_changed(service, iid, None, prepared)
+            return
+        raise AssertionError("unreachable: race_retries raises when the attempts are spent")
 
     # ------------------------------------------------------------------- hosts
 
@@ -577,22 +738,171 @@ class Registry:
             return [self.instance_record(m) for m in self.models.Instance.by_host.query(host)]
 
     def set_host_enabled(
-        self, host: str, enabled: bool, reason: str | None = None
+        self,
+        host: str,
+        enabled: bool,
+        reason: str | None = None,
+        until: datetime | None = None,
+        force: bool = False,
     ) -> list[Instance]:
-        """Enable or disable every instance on a host; returns them as stored."""
-        changes: dict[str, Any] = {"enabled": enabled}
+        """Enable or disable every instance on a host; returns them as stored.
+
+        A disable checks every service on the host against its min_enabled in one decision
+        and writes nothing when any refuses (409 naming each, unless `force`); instances
+        already disabled keep their reason and end. `until` makes it a timed disable.
+        """
         if not enabled:
-            changes["disabled_reason"] = reason or "host disabled"
+            return self._disable_host(host, reason or "host disabled", until, force)
         out = []
         for inst in self.host_instances(host):
-            if inst.enabled == enabled and (enabled or inst.disabled_reason):
+            if inst.serving:
                 out.append(inst)
                 continue
             try:
-                out.append(self._modify_instance(inst.service, inst.id, changes))
+                out.append(self._modify_instance(inst.service, inst.id, {"enabled": True}))
             except NotFound:
                 continue  # detached meanwhile
         return out
+
+    def _disable_host(
+        self, host: str, reason: str, until: datetime | None, force: bool
+    ) -> list[Instance]:
+        changes = self._with_until(
+            {"enabled": False, "disabled_reason": reason, "disabled_until": until}
+        )
+        model = self.models.Instance
+        for _ in race_retries(f"host {host}"):
+            listed = self.host_instances(host)
+            wanted: dict[str, set[str]] = {}
+            for inst in listed:
+                if inst.enabled or not inst.disabled_reason:
+                    wanted.setdefault(inst.service, set()).add(inst.id)
+            # One decision: every service's guard and the current state of its instances
+            # (consistent reads; the host index may lag), then every refusal at once.
+            groups: list[tuple[_Guard | None, list[tuple[InstanceModel, int]]]] = []
+            refused: list[Floor] = []
+            now = self.now()
+            for name in sorted(wanted):
+                try:
+                    guard = self._guard(name)
+                except NotFound:
+                    continue  # deleted meanwhile, and its instances with it
+                writes = []
+                leaving = set()
+                for iid in sorted(wanted[name]):
+                    m = self._get_instance_model(name, iid)
+                    if m is None or not (m.enabled or not m.disabled_reason):
+                        continue  # detached, or disabled with a reason, since the index said
+                    if serving(m.enabled, m.drain):
+                        leaving.add(m.instance_id)
+                    read = int(m.version)
+                    _apply_changes(m, changes)
+                    m.updated_at = now
+                    m.version = read + 1
+                    writes.append((m, read))
+                floor = guard.floor(leaving) if leaving else None
+                if floor is not None and floor.refused:
+                    refused.append(floor)
+                if writes:
+                    groups.append((guard if leaving else None, writes))
+            if refused and not force:
+                raise MinEnabledRefused(refused)
+            written: dict[tuple[str, str], Instance] = {}
+            if self._commit_host(groups, model, written):
+                return [written.get((i.service, i.id), i) for i in listed]
+        raise AssertionError("unreachable: race_retries raises when the attempts are spent")
+
+    def _commit_host(
+        self,
+        groups: list[tuple[_Guard | None, list[tuple[InstanceModel, int]]]],
+        model: type[InstanceModel],
+        written: dict[tuple[str, str], Instance],
+    ) -> bool:
+        """Write a host-disable: one transaction when it fits, else whole services in turn.
+        False when a race was lost (nothing of that transaction written: decide again)."""
+        for chunk in _chunks(groups):
+            prepared = {
+                (m.service, m.instance_id): self._prepare(m.service, m.instance_id)
+                for _, writes in chunk
+                for m, _ in writes
+            }
+            try:
+                with self.store.transaction("disabling the host") as tx:
+                    for guard, writes in chunk:
+                        name = writes[0][0].service
+                        if guard is not None:
+                            self._guard_op(tx, guard, role=f"service {name}")
+                        for m, read in writes:
+                            tx.save(
+                                f"instance {name} {m.instance_id}",
+                                m,
+                                condition=model.service.exists() & (model.version == read),
+                            )
+            except (TransactionCanceled, TransactionConflict):
+                return False
+            for _, writes in chunk:
+                for m, _ in writes:
+                    record = self.instance_record(m)
+                    written[(m.service, m.instance_id)] = record
+                    self._instance_changed(
+                        m.service, m.instance_id, record, prepared[(m.service, m.instance_id)]
+                    )
+        return True
+
+    # ------------------------------------------------------------ timed disables
+
+    def due_expiries(self, limit: int = 100) -> list[DueExpiry]:
+        """Timed disables whose `disabled_until` has passed, oldest first (at most `limit`).
+
+        Read from the sparse expiry index, which is eventually consistent: an entry may be
+        stale, and `expire_disable` then writes nothing.
+        """
+        model = self.models.Instance
+        with self.store.operation("listing due timed disables"):
+            return [
+                DueExpiry(m.service, m.instance_id, int(m.version), m.disabled_until)
+                for m in model.by_expiry.query(
+                    EXPIRY_SHARD,
+                    model.disabled_until <= self.now(),
+                    limit=limit,
+                    page_size=limit,
+                )
+            ]
+
+    def expire_disable(self, due: DueExpiry) -> Instance | None:
+        """End a timed disable: enable the instance (clearing reason, end and drain) if it is
+        still at the version that set this end; the record, or None when anything changed
+        since (a later write decides, and a stale or second sweep writes nothing)."""
+        model = self.models.Instance
+        if due.disabled_until > self.now():
+            return None
+        actions: list[Any] = [
+            model.enabled.set(True),
+            model.disabled_reason.remove(),
+            model.disabled_until.remove(),
+            model.expiry_shard.remove(),
+            model.drain.remove(),
+            model.updated_at.set(self.now()),
+            model.version.add(1),
+        ]
+        condition = (
+            (model.version == due.version)
+            & (model.disabled_until == due.disabled_until)
+            & (model.enabled == False)  # noqa: E712
+        )
+        prepared = self._prepare(due.service, due.instance_id)
+        try:
+            stored = self.store.update(
+                model(due.service, due.instance_id),
+                actions,
+                action="ending a timed disable",
+                condition=condition,
+            )
+        except ConditionFailed:
+            return None
+        record = self.instance_record(stored)
+        self._instance_changed(due.service, due.instance_id, record, prepared)
+        return record
 
     # ------------------------------------------------------- mirror's reads
 
@@ -634,3 +944,79 @@ def _health_check(hc: Mapping[str, Any]) -> HealthCheckAttribute:
     return HealthCheckAttribute(
         path=hc["path"], interval_s=hc.get("interval_s", 10), timeout_s=hc.get("timeout_s", 2)
     )
+
+
+@dataclass
+class _Guard:
+    """What a write that takes instances of one service out of service read of the service:
+    its min_enabled and serving_seq, then (with a floor) its instances (see Registry._guard)."""
+
+    service: str
+    min_enabled: int
+    seq: int | None
+    instances: list[InstanceModel]
+
+    def floor(self, leaving: set[str]) -> Floor | None:
+        """What min_enabled says of taking `leaving` out of service (None: no floor)."""
+        if self.min_enabled == 0:
+            return None
+        after = sum(
+            1
+            for m in self.instances
+            if serving(m.enabled, m.drain) and m.instance_id not in leaving
+        )
+        return Floor(self.service, self.min_enabled, after)
+
+
+def _apply_changes(m: InstanceModel, changes: Mapping[str, Any]) -> None:
+    """Apply a PATCH's changes to a read instance, with the enable/disable rules."""
+    for key in INSTANCE_FIELDS:
+        if key in changes:
+            value = changes[key]
+            setattr(m, key, dict(value or {}) if key == "labels" else value)
+    if changes.get("enabled") is False and "disabled_until" not in changes:
+        m.disabled_until = None  # a disable without an end is open-ended, whatever came before
+    if changes.get("enabled") is True and "drain" not in changes:
+        m.drain = None  # enabled again: back in service
+    if m.enabled:
+        m.disabled_reason = None
+        m.disabled_until = None
+    m.drain = True if m.drain else None
+    m.slow_start_s = int(m.slow_start_s) if m.slow_start_s else None
+    m.expiry_shard = EXPIRY_SHARD if m.disabled_until else None
+
+
+_Group = tuple[_Guard | None, list[tuple[InstanceModel, int]]]
+
+
+def _chunks(groups: list[_Group]) -> list[list[_Group]]:
+    """The transactions of a host-disable: all of it in one when it fits DynamoDB's limit,
+    else whole services packed in turn (a service's instances without a floor split freely)."""
+
+    def size(group: _Group) -> int:
+        return len(group[1]) + 1  # the service's guard or check comes with its instances
+
+    if sum(size(g) for g in groups) <= MAX_TRANSACTION_ITEMS:
+        return [groups] if groups else []
+    pieces: list[_Group] = []
+    for guard, writes in groups:
+        if len(writes) < MAX_TRANSACTION_ITEMS:
+            pieces.append((guard, writes))
+        elif guard is not None:
+            raise Conflict(
+                f"{len(writes)} instances of service {guard.service!r} are on this host, more "
+                "than one transaction holds; disable them in parts"
+            )
+        else:
+            step = MAX_TRANSACTION_ITEMS - 1
+            pieces += [(None, writes[i : i + step]) for i in range(0, len(writes), step)]
+    out: list[list[_Group]] = []
+    current: list[_Group] = []
+    for piece in pieces:
+        if current and sum(size(g) for g in current) + size(piece) > MAX_TRANSACTION_ITEMS:
+            out.append(current)
+            current = []
+        current.append(piece)
+    if current:
+        out.append(current)
+    return out

@@ -58,6 +58,7 @@ Clock = Callable[[], datetime]
 
 MAX_RACE_RETRIES = 5
 CONDITION_FAILED = "ConditionalCheckFailed"
+TRANSACTION_CONFLICT = "TransactionConflict"
 
 __all__ = [
     "CONDITION_FAILED",
@@ -70,6 +71,7 @@ __all__ = [
     "StoreMetrics",
     "Transaction",
     "TransactionCanceled",
+    "TransactionConflict",
     "Unavailable",
     "operation",
     "paginate",
@@ -123,6 +125,19 @@ class TransactionCanceled(Conflict):
     def failed(self, role: str) -> bool:
         """True if the item with this role failed its condition."""
         return self.reasons.get(role) == CONDITION_FAILED
+
+
+class TransactionConflict(Unavailable):
+    """DynamoDB canceled a transaction because another one was writing one of its items at the
+    same moment (no condition failed). Nothing was written; trying again is safe. A 503 if it
+    reaches a caller; read-modify-write loops that can simply retry catch it."""
+
+    def __init__(self, action: str) -> None:
+        super().__init__(
+            f"DynamoDB did not complete {action} (a concurrent transaction); retry the request "
+            "(it is safe to repeat)"
+        )
+        self.action = action
 
 
 @contextmanager
@@ -327,6 +342,9 @@ class Transaction:
                 reasons = dict(zip(self.roles(), codes, strict=True))
                 if CONDITION_FAILED in reasons.values():
                     raise TransactionCanceled(action, reasons) from None
+                if TRANSACTION_CONFLICT in reasons.values():
+                    log.info("dynamodb transaction conflict while %s", action)
+                    raise TransactionConflict(action) from exc
             log.warning("dynamodb transaction failed while %s: %s", action, exc)
             raise Unavailable(
                 f"DynamoDB did not complete {action}; retry the request (it is safe to repeat)"

@@ -9,6 +9,7 @@ import select
 import subprocess
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -116,25 +117,77 @@ def test_attach_disable_enable_detach(cli: Cli, name: str) -> None:
     assert [i["id"] for i in items] == ["10.0.0.2:8000"]
 
 
-def test_disable_for_duration_is_a_clear_error_until_the_api_has_disabled_until(
-    cli: Cli, name: str
-) -> None:
+def test_disable_for_duration_sends_disabled_until(cli: Cli, name: str) -> None:
     assert cli("services", "create", name).exit_code == 0
     assert cli("attach", name, "10.0.0.1:8000").exit_code == 0
+    before = datetime.now(UTC)
     r = cli("disable", name, "10.0.0.1:8000", "--for", "30m", "--reason", "kernel update")
-    # TODAY: Atlas does not know `disabled_until` yet (it lands with the guard rails, issue 15
-    # item 4), so the API refuses the unknown field with 422 and writes nothing; the CLI says so.
-    # WHEN IT LANDS this test becomes: exit 0, the instance disabled with disabled_until about
-    # now + 30m, and `instances ls` showing an UNTIL column with that time.
-    assert r.exit_code == 1, r.output
-    assert "atlas: 422 Validation failed" in r.stderr
-    assert "disabled_until: Unknown field." in r.stderr
-    assert "hint: this Atlas server does not accept disabled_until" in r.stderr
-    items = _json(cli("instances", "ls", name, "--json"))
-    assert items[0]["enabled"] is True  # nothing half-written
+    assert r.exit_code == 0, r.output
+    assert "reason kernel update, until " in r.stdout
+    (item,) = _json(cli("instances", "ls", name, "--json"))
+    assert item["enabled"] is False and item["disabled_reason"] == "kernel update"
+    until = datetime.fromisoformat(item["disabled_until"])
+    assert before + timedelta(minutes=29) < until < datetime.now(UTC) + timedelta(minutes=31)
+    r = cli("instances", "ls", name)
+    assert "UNTIL" in r.stdout.splitlines()[0] and item["disabled_until"] in r.stdout
+    # enabling by hand clears it
+    on = _json(cli("enable", name, "10.0.0.1:8000", "--json"))
+    assert on["enabled"] is True and on["disabled_until"] is None
 
     r = cli("disable", name, "10.0.0.1:8000", "--for", "30 minutes")
     assert r.exit_code == 2 and "not a duration like 30m" in r.stderr
+    r = cli("disable", name, "10.0.0.1:8000", "--for", "31d")
+    assert r.exit_code == 2 and "at most 30d" in r.stderr
+    assert _json(cli("instances", "ls", name, "--json"))[0]["enabled"] is True
+
+
+def test_min_enabled_refusals_and_force(cli: Cli, name: str) -> None:
+    r = cli("services", "create", name, "--min-enabled", "2")
+    assert r.exit_code == 0 and "min enabled:  2" in r.stdout
+    for n in (1, 2, 3):
+        assert cli("attach", name, f"10.0.0.{n}:8000").exit_code == 0
+    assert cli("disable", name, "10.0.0.1:8000").exit_code == 0
+    r = cli("disable", name, "10.0.0.2:8000", "--reason", "deploy")
+    assert r.exit_code == 1
+    assert "409 Too few instances would stay enabled" in r.stderr
+    assert f"service '{name}' must keep 2 enabled instances" in r.stderr
+    assert "this would leave 1" in r.stderr and "--force does it anyway" in r.stderr
+    problem = json.loads(cli("detach", name, "10.0.0.2:8000", "--json").stderr)
+    assert problem["refused"] == [{"service": name, "min_enabled": 2, "enabled_after": 1}]
+    assert cli("drain", name, "10.0.0.2:8000").exit_code == 1
+    r = cli("drain", name, "10.0.0.2:8000", "--force")
+    assert r.exit_code == 0 and "draining (no new requests)" in r.stdout
+    r = cli("instances", "ls", name)
+    assert "DRAIN" in r.stdout.splitlines()[0]
+    assert cli("drain", name, "10.0.0.2:8000", "--undo").exit_code == 0
+    assert cli("disable", name, "10.0.0.2:8000", "--force").exit_code == 0
+    assert cli("detach", name, "10.0.0.3:8000").exit_code == 1
+    r = cli("services", "update", name, "--min-enabled", "0")
+    assert r.exit_code == 0 and "min enabled:  0" in r.stdout
+    assert cli("detach", name, "10.0.0.3:8000").exit_code == 0
+    assert cli("services", "update", name).exit_code == 2  # nothing to change
+    r = cli("attach", name, "10.0.0.4:8000", "--slow-start", "30", "--drain")
+    assert r.exit_code == 0 and "slow start 30s" in r.stdout
+    inst = _json(cli("instances", "ls", name, "--json"))[-1]
+    assert (inst["id"], inst["drain"], inst["slow_start_s"]) == ("10.0.0.4:8000", True, 30)
+
+
+def test_hosts_disable_checks_every_service_and_takes_for(cli: Cli) -> None:
+    host = f"h-{uuid.uuid4().hex[:8]}.test"
+    a, b = f"svc-{uuid.uuid4().hex[:8]}", f"svc-{uuid.uuid4().hex[:8]}"
+    assert cli("services", "create", a).exit_code == 0
+    assert cli("services", "create", b, "--min-enabled", "1").exit_code == 0
+    for svc in (a, b):
+        assert cli("attach", svc, f"{host}:8000").exit_code == 0
+    r = cli("hosts", "disable", host, "--reason", "disk")
+    assert r.exit_code == 1 and f"service '{b}'" in r.stderr and "leave 0" in r.stderr
+    items = _json(cli("hosts", "show", host, "--json"))["items"]
+    assert all(i["enabled"] for i in items)  # nothing written, not even a's
+    r = cli("hosts", "disable", host, "--reason", "disk", "--for", "1h", "--force", "--json")
+    assert r.exit_code == 0, r.output
+    items = json.loads(r.stdout)["items"]
+    assert [i["enabled"] for i in items] == [False, False]
+    assert all(i["disabled_until"] for i in items)
 
 
 def test_hosts_show_disable_enable(cli: Cli) -> None:

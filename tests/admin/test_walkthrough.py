@@ -67,8 +67,18 @@ def test_walkthrough_session(start_atlas: StartAtlas, tmp_path: Path) -> None:
         assert "deploying v42" in out
         out = s.run("hosts", "show", "10.0.0.2")
         assert "host 10.0.0.2: 0/1 enabled" in out
-        # today a timed disable is refused clearly (disabled_until arrives with the guard rails)
-        s.run("disable", "identity", "10.0.0.1:8000", "--for", "30m", expect=1)
+        # guard rails: a floor of enabled instances, timed disables, drain and slow start
+        s.run("services", "update", "identity", "--min-enabled", "1")
+        out = s.run("disable", "identity", "10.0.0.1:8000", "--reason", "kernel", expect=1)
+        s.run("enable", "identity", "10.0.0.2:8000")
+        out = s.run("disable", "identity", "10.0.0.1:8000", "--for", "30m", "--reason", "kernel")
+        assert "until " in out
+        s.run("attach", "identity", "10.0.0.3:8000", "--zone", "a", "--slow-start", "30")
+        s.run("drain", "identity", "10.0.0.2:8000")
+        s.run("hosts", "disable", "10.0.0.3", "--reason", "disk failing", expect=1)
+        out = s.run("instances", "ls", "identity")
+        assert "UNTIL" in out and "DRAIN" in out and "SLOW START" in out
+        s.run("enable", "identity", "10.0.0.1:8000")
         s.run("config", "set", "identity", "DB_PASSWORD", "--secret", stdin="hunter2\n")
         s.run("config", "set", "identity", "DATABASE_URL", "postgres://db.local/identity")
         out = s.run("config", "get", "identity", "DB_PASSWORD")

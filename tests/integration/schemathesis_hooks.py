@@ -1,7 +1,7 @@
 """Schemathesis hooks for the openapi.yaml conformance run (loaded with SCHEMATHESIS_HOOKS).
 
 openapi.yaml states every rule JSON Schema can state, in the patterns the server itself checks.
-Three rules it can only state in prose, because they relate two values or depend on what was
+Four rules it can only state in prose, because they relate two values or depend on what was
 issued before; a generated *valid* case is made to respect them here, and nothing else is
 changed. Invalid (negative) cases are left alone: the server must refuse them all.
 Whatever the document says is valid and depends on state is excused by status, not here: 404
@@ -13,6 +13,8 @@ are the run's accepted answers to valid data.
   issued for that listing instead, or without one while there is none.
 - `health_check.timeout_s` must not exceed `health_check.interval_s` (10 when absent).
 - `host` and `port` in the body of `PUT .../instances/{instance}` must match the path.
+- a non-null `disabled_until` goes only with `"enabled": false` (on an instance; a host-disable
+  has no `enabled`), and lies in the future, at most 30 days ahead: it is set to an hour ahead.
 
 One class of answers is not Atlas's: gunicorn refuses an over-long request line (414) or header
 field (431) with its own text/html page before Atlas sees the request. Such a failure is dropped
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -85,9 +88,19 @@ def _fit_instance_body(case: Any) -> None:
         body["port"] = int(port)
 
 
+def _fit_disabled_until(case: Any) -> None:
+    body = case.body
+    if not isinstance(body, dict) or body.get("disabled_until") is None:
+        return
+    ahead = datetime.now(UTC) + timedelta(hours=1)
+    body["disabled_until"] = ahead.isoformat(timespec="seconds").replace("+00:00", "Z")
+    if case.operation.path == INSTANCE_PATH:
+        body["enabled"] = False
+
+
 @schemathesis.hook
 def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
-    """Make a valid case respect the three rules openapi.yaml states only in prose.
+    """Make a valid case respect the four rules openapi.yaml states only in prose.
 
     Done just before the call, so that it also holds for values the stateful phase fills in
     from earlier responses.
@@ -104,6 +117,7 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
                 case.query["cursor"] = issued[-1]
         _count("cursors_sent" if "cursor" in case.query else "cursors_dropped")
     _fit_health_check(case.body)
+    _fit_disabled_until(case)
     if case.operation.path == INSTANCE_PATH and case.method.upper() == "PUT":
         _fit_instance_body(case)
 

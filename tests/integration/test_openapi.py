@@ -29,7 +29,7 @@ import schemathesis
 import yaml
 from openapi_spec_validator import validate
 
-from atlas.api.schemas import CURSOR_RE
+from atlas.api.schemas import CURSOR_RE, MIN_ENABLED_MAX, RFC3339_RE
 from atlas.app import create_app
 from atlas.config import Settings
 from atlas.contract import (
@@ -42,6 +42,7 @@ from atlas.contract import (
     INSTANCE_ID_PATTERN,
     LABEL_KEY_RE,
     SERVICE_NAME_RE,
+    SLOW_START_MAX_S,
     TAG_RE,
 )
 from atlas.stack import AtlasServer, MotoServer
@@ -160,6 +161,11 @@ def test_document_patterns_are_the_contracts() -> None:
     assert schemas["ConfigKey"]["pattern"] == CONFIG_KEY_RE.pattern
     assert schemas["Tag"]["pattern"] == TAG_RE.pattern
     assert schemas["Labels"]["propertyNames"]["pattern"] == LABEL_KEY_RE.pattern
+    assert schemas["DisabledUntil"]["pattern"] == RFC3339_RE.pattern
+    for name in ("InstancePut", "InstancePatch"):
+        assert schemas[name]["properties"]["slow_start_s"]["maximum"] == SLOW_START_MAX_S
+    for name in ("ServiceCreate", "ServicePatch"):
+        assert schemas[name]["properties"]["min_enabled"]["maximum"] == MIN_ENABLED_MAX
     # The length bounds agree with the patterns' own.
     longest_host = ".".join(["a" * 63] * 3 + ["b" * 61])
     assert len(longest_host) == HOST_MAX and re.fullmatch(HOST_PATTERN, longest_host)

@@ -122,7 +122,7 @@ def test_dashboard_in_chromium(
         assert "(2/2 enabled)" in page.inner_text("#counts")
         assert "•••••• secret" in page.inner_text("tr[data-key=DB_PASSWORD]")
         assert "postgres://db/identity" in page.inner_text("tr[data-key=DATABASE_URL]")
-        assert page.inner_text("#min-enabled") == "not available"  # until the guard rails land
+        assert page.inner_text("#min-enabled") == "0"  # the service has no floor
         shot("03-service")
 
         # 4. disable an instance with a reason, and see it disabled with the reason

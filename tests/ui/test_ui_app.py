@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -257,8 +258,8 @@ def test_local_realm_with_auth_off_needs_no_login(aws: None) -> None:
 
 
 def test_newer_fields_show_when_the_api_returns_them(app: Flask) -> None:
-    # Today's API has neither disabled_until nor min_enabled: the pages say "not available".
-    # When the guard rails land the same templates show them (this renders such a record).
+    # A server without disabled_until or min_enabled (an older Atlas): the pages say "not
+    # available"; with them the same templates show them (this renders such a record).
     row = {
         "service": "identity", "id": "10.0.0.9:80", "host": "10.0.0.9", "port": 80,
         "enabled": False, "weight": 100, "zone": None, "disabled_reason": "kernel",
@@ -274,6 +275,28 @@ def test_newer_fields_show_when_the_api_returns_them(app: Flask) -> None:
         )
     assert "<th>Until</th>" in html and 'datetime="2026-05-01T10:30:00.000Z"' in html
     assert html.endswith('|<span class="na">not available</span>|2')
+
+
+def test_pages_show_min_enabled_timed_disables_drain_and_refusals(ui: Ui, app: Flask) -> None:
+    seed(app)
+    base = "/v1/services/identity/instances"
+    api(app, "PATCH", "/v1/services/identity", {"min_enabled": 1})
+    end = (datetime.now(UTC) + timedelta(minutes=30)).isoformat(timespec="milliseconds")
+    until = api(app, "PATCH", f"{base}/10.0.0.1:8000", {"enabled": False, "disabled_until": end})
+    api(app, "PUT", f"{base}/10.0.0.3:8000", {"drain": True})
+    ui.login()
+    page = ui.page("/ui/services/identity")
+    assert '<dd id="min-enabled">1</dd>' in page
+    assert "<th>Until</th>" in page
+    assert f'<time datetime="{until["disabled_until"]}">' in page and "from now" in page
+    row = page[page.index('data-instance="10.0.0.3:8000"') :].split("</tr>")[0]
+    assert '<span class="drain">draining</span>' in row
+    # The last serving instance: the dashboard's disable is refused, and says why.
+    resp = ui.post("/ui/services/identity/instances/10.0.0.2:8000/disable", {"reason": "x"})
+    assert resp.status_code == 302
+    page = ui.page("/ui/services/identity")
+    assert "Too few instances would stay enabled" in page and "must keep 1" in page
+    assert instance(app, "10.0.0.2:8000")["enabled"] is True
 
 
 def test_ui_secret_key_must_be_long() -> None:

@@ -39,10 +39,12 @@ def inst(**kw: Any) -> Instance:
 
 
 def test_znode_payloads_decode_to_the_records_the_api_returns() -> None:
-    for s in (svc(), svc(health_check=None, port=None, tags=())):
+    # every field the API returns, the guard-rail fields too, survives the round trip
+    for s in (svc(), svc(health_check=None, port=None, tags=()), svc(min_enabled=2)):
         assert decode_service(service_payload(s, 2), 4) == (s, 2)
     for i in (inst(), inst(enabled=False, disabled_reason="x", zone="z", labels={"k": "v"}),
-              inst(host="2001:db8::1")):  # fmt: skip
+              inst(host="2001:db8::1"), inst(drain=True, slow_start_s=30),
+              inst(enabled=False, disabled_until="2026-01-02T00:00:00.000Z")):  # fmt: skip
         assert decode_instance("api", instance_payload(i)) == i
     assert decode_number(b'{"version": 7}', "version") == 7
     assert decode_number(b'{"version": "7"}', "version") is None
