@@ -17,6 +17,7 @@ import click
 from atlas import __version__
 from atlas.admin.cli import COMMANDS as ADMIN_COMMANDS
 from atlas.config import SETTINGS_CLASSES, ConfigError, ServeSettings, Settings
+from atlas.devstack import dev
 from atlas.logs import configure
 from atlas.service.scaffold import new_service
 
@@ -77,47 +78,6 @@ def serve(bind: str | None, workers: int | None, threads: int | None, preload: b
 
 @cli.command()
 @click.option(
-    "--data-dir",
-    envvar="ATLAS_DEV_DATA",
-    default=".atlas-data",
-    show_default=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Logs, ZooKeeper data and sidecar state.  [env: ATLAS_DEV_DATA]",
-)
-@click.option("--api-port", default=8080, show_default=True, help="Atlas API (gunicorn).")
-@click.option("--dynamodb-port", default=8000, show_default=True, help="moto: DynamoDB and KMS.")
-@click.option("--zk-port", default=2181, show_default=True, help="ZooKeeper client port.")
-@click.option(
-    "--sidecar-port",
-    default=4000,
-    show_default=True,
-    help="HAProxy of the sidecar; its status page is on the next port.",
-)
-@click.option("--no-seed", is_flag=True, help="Do not create the example service.")
-def dev(
-    data_dir: Path,
-    api_port: int,
-    dynamodb_port: int,
-    zk_port: int,
-    sidecar_port: int,
-    no_seed: bool,
-) -> None:
-    """Run the local stack on 127.0.0.1 (moto, ZooKeeper, Atlas, sidecar) until Ctrl-C."""
-    from atlas.devstack import DevStack
-
-    stack = DevStack(
-        data_dir=data_dir.resolve(),
-        api_port=api_port,
-        dynamodb_port=dynamodb_port,
-        zk_port=zk_port,
-        sidecar_port=sidecar_port,
-        seed=not no_seed,
-    )
-    sys.exit(stack.run())
-
-
-@cli.command()
-@click.option(
     "--timeout", default=15.0, show_default=True, help="Seconds to wait for a ZooKeeper session."
 )
 def reconcile(timeout: float) -> None:
@@ -153,6 +113,7 @@ def show_settings() -> None:
 for _admin_command in ADMIN_COMMANDS:
     cli.add_command(_admin_command)
 cli.add_command(new_service)
+cli.add_command(dev)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
