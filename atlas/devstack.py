@@ -584,7 +584,23 @@ def _ports(value: str) -> tuple[int, ...]:
     return ports
 
 
-PORT = click.IntRange(1, 65535)
+class PortType(click.ParamType):
+    """A TCP port, 1-65535."""
+
+    name = "port"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        """The port as an int, or a usage error naming the flag."""
+        try:
+            port = int(value)
+        except (TypeError, ValueError):
+            self.fail(f"expected a port (1-65535), got {value!r}", param, ctx)
+        if not 1 <= port <= 65535:
+            self.fail(f"expected a port (1-65535), got {value!r}", param, ctx)
+        return port
+
+
+PORT = PortType()
 DATA_DIR = click.option(
     "--data-dir",
     envvar="ATLAS_DEV_DATA",

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from atlas.admin.output import (
     table,
 )
 from atlas.contract import instance_id, parse_instance_id
+from atlas.envvars import ADMIN_CLI, ConfigError
 from atlas.errors import ValidationFailed
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -152,8 +152,11 @@ def api_command(f: F) -> F:
 
 
 def _completion_api(ctx: click.Context) -> AdminApi:
-    url = ctx.params.get("url") or os.environ.get("ATLAS_URL") or DEFAULT_URL
-    token = ctx.params.get("token") or os.environ.get("ATLAS_TOKEN")
+    try:
+        url = ctx.params.get("url") or ADMIN_CLI.get("ATLAS_URL")
+        token = ctx.params.get("token") or ADMIN_CLI.get("ATLAS_TOKEN")
+    except ConfigError:
+        url, token = DEFAULT_URL, None  # a completion must never print an error
     return AdminApi(str(url), str(token) if token else None, timeout=2.0)
 
 

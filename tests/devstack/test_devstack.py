@@ -63,9 +63,9 @@ def test_signals_stop_everything_and_a_warm_restart_keeps_everything(
     assert s.put(f"{api}/v1/services/greet/instances/127.0.0.1:{ports.examples[1]}",
                  json={"zone": "z", "weight": 7}, timeout=30).status_code == 201  # fmt: skip
     assert s.put(f"{api}/v1/services/greet/config/GREETING", json={"value": "hello"},
-                 timeout=30).status_code == 200  # fmt: skip
+                 timeout=30).status_code == 201  # fmt: skip
     assert s.put(f"{api}/v1/services/greet/config/DB_PASSWORD",
-                 json={"value": "hunter2", "secret": True}, timeout=30).status_code == 200  # fmt: skip
+                 json={"value": "hunter2", "secret": True}, timeout=30).status_code == 201  # fmt: skip
     assert s.patch(f"{api}/v1/services/example/instances/127.0.0.1:{port1}",
                    json={"enabled": False, "disabled_reason": "kept"},
                    timeout=30).status_code == 200  # fmt: skip
