@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import current_app, g, request
 from flask_restful import Resource
+from marshmallow import Schema
 
 from atlas.api import schemas as s
 from atlas.api.http import (
@@ -19,11 +20,15 @@ from atlas.api.http import (
 from atlas.contract import HOST_RULE, check_service_name, normalize_host, parse_instance_id
 from atlas.errors import NotFound, PreconditionFailed, ValidationFailed
 from atlas.registry import Instance, Registry, Service
+from atlas.registry.records import HostChange
 
 service_out = s.ServiceSchema()
 instance_out = s.InstanceSchema()
 host_out = s.HostSchema()
+host_change_out = s.HostChangeSchema()
 page_query = s.PageQuerySchema()
+instance_list_query = s.InstanceListQuerySchema()
+host_query = s.HostQuerySchema()
 delete_query = s.DeleteQuerySchema()
 service_create = s.ServiceCreateSchema()
 service_patch = s.ServicePatchSchema()
@@ -40,9 +45,9 @@ def registry() -> Registry:
     return reg
 
 
-def page_args() -> tuple[int, str | None]:
+def page_args(schema: Schema = page_query) -> tuple[int, str | None]:
     """(limit, cursor) of a list request, with the configured default and maximum."""
-    args = load_query(page_query)
+    args = load_query(schema)
     settings = current_app.extensions["atlas"].settings
     limit = args.get("limit", settings.page_limit_default)
     if limit > settings.page_limit_max:
@@ -120,10 +125,11 @@ class InstanceList(Resource):
     def get(self, name: str) -> Result:
         """List a service's instances."""
         check_service_name(name)
-        limit, cursor = page_args()
+        limit, cursor = page_args(instance_list_query)
+        enabled = load_query(instance_list_query).get("enabled")
         page = registry().list_instances(name, limit, cursor)
         return {
-            "items": [dump_instance(x) for x in page.items],
+            "items": [dump_instance(x) for x in enabled_only(page.items, enabled)],
             "next_cursor": page.next_cursor,
         }, 200
 
@@ -180,6 +186,21 @@ class InstanceItem(Resource):
         return "", 204
 
 
+def enabled_only(items: list[Instance], enabled: bool | None) -> list[Instance]:
+    """`?enabled=`: the instances in that state (all when not given). A page filtered this
+    way may hold fewer than `limit` items; `next_cursor` still leads to the rest."""
+    return items if enabled is None else [i for i in items if i.enabled is enabled]
+
+
+def dump_host_change(host: str, change: HostChange) -> dict[str, Any]:
+    """Serialize a host-wide enable/disable."""
+    data: dict[str, Any] = host_change_out.dump(
+        {"host": host, "items": change.items, "changed": change.changed,
+         "unchanged": change.unchanged}
+    )  # fmt: skip
+    return data
+
+
 def _host(host: str) -> str:
     normalized = normalize_host(host)
     if normalized is None:
@@ -193,7 +214,9 @@ class HostItem(Resource):
     def get(self, host: str) -> Result:
         """Every instance on a host."""
         h = _host(host)
-        return host_out.dump({"host": h, "items": registry().host_instances(h)}), 200
+        enabled = load_query(host_query).get("enabled")
+        items = enabled_only(registry().host_instances(h), enabled)
+        return host_out.dump({"host": h, "items": items}), 200
 
 
 class HostDisable(Resource):
@@ -203,8 +226,7 @@ class HostDisable(Resource):
         """Disable every instance on a host."""
         h = _host(host)
         body = load_body(host_action, required=False)
-        items = registry().set_host_enabled(h, False, body.get("reason"))
-        return host_out.dump({"host": h, "items": items}), 200
+        return dump_host_change(h, registry().change_host(h, False, body.get("reason"))), 200
 
 
 class HostEnable(Resource):
@@ -214,8 +236,7 @@ class HostEnable(Resource):
         """Enable every instance on a host."""
         h = _host(host)
         load_body(host_action, required=False)
-        items = registry().set_host_enabled(h, True)
-        return host_out.dump({"host": h, "items": items}), 200
+        return dump_host_change(h, registry().change_host(h, True)), 200
 
 
 class Info(Resource):

@@ -12,7 +12,14 @@ from typing import Any
 from atlas.errors import Conflict, NotFound, PreconditionFailed
 from atlas.registry.mirror import Mirror, NullMirror
 from atlas.registry.models import HealthCheckAttribute, InstanceModel, Models, ServiceModel
-from atlas.registry.records import HealthCheck, Instance, Page, Service, instance_id
+from atlas.registry.records import (
+    HealthCheck,
+    HostChange,
+    Instance,
+    Page,
+    Service,
+    instance_id,
+)
 from atlas.registry.store import (
     ConditionFailed,
     CursorKey,
@@ -580,19 +587,33 @@ class Registry:
         self, host: str, enabled: bool, reason: str | None = None
     ) -> list[Instance]:
         """Enable or disable every instance on a host; returns them as stored."""
+        return self.change_host(host, enabled, reason).items
+
+    def change_host(self, host: str, enabled: bool, reason: str | None = None) -> HostChange:
+        """Enable or disable every instance on a host; says which it changed and which it left.
+
+        A disable records its reason (default "host disabled") on every instance it disables,
+        and on one that was disabled without a reason; an instance already disabled with a
+        reason of its own keeps it and is left alone. An enable enables every instance.
+        """
         changes: dict[str, Any] = {"enabled": enabled}
         if not enabled:
             changes["disabled_reason"] = reason or "host disabled"
-        out = []
+        items: list[Instance] = []
+        changed: list[Instance] = []
+        left: list[Instance] = []
         for inst in self.host_instances(host):
             if inst.enabled == enabled and (enabled or inst.disabled_reason):
-                out.append(inst)
+                items.append(inst)
+                left.append(inst)
                 continue
             try:
-                out.append(self._modify_instance(inst.service, inst.id, changes))
+                stored = self._modify_instance(inst.service, inst.id, changes)
             except NotFound:
                 continue  # detached meanwhile
-        return out
+            items.append(stored)
+            changed.append(stored)
+        return HostChange(items, changed, left)
 
     # ------------------------------------------------------- mirror's reads
 
