@@ -27,6 +27,7 @@ from atlas.admin.api import segment as seg
 from atlas.admin.output import (
     ago,
     block,
+    describe_changes,
     emit_json,
     parse_duration,
     rfc3339,
@@ -346,7 +347,7 @@ def services_ls(op: Op, with_counts: bool) -> None:
                 c = s["instances"]
                 row.insert(1, f"{c['enabled']}/{c['total']} enabled")
             rows.append(row)
-        return table(headers, rows)
+        return table(headers, rows, wide=("changes",))
 
     op.show(items, human)
 
@@ -872,10 +873,12 @@ def audit(op: Op, service: str | None, limit: int) -> None:
                 r.get("action"),
                 r.get("target"),
                 r.get("status"),
+                describe_changes(r.get("changes")),
             ]
             for r in items
         ]
-        return table(["at", "service", "who", "token", "action", "target", "status"], rows)
+        headers = ["at", "service", "who", "token", "action", "target", "status", "changes"]
+        return table(headers, rows, wide=("changes",))
 
     op.show(items, human)
 

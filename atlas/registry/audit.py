@@ -38,6 +38,7 @@ MAX_VALUE_CHARS = 1024
 TRUNCATED = "…"
 
 Change = dict[str, Any]
+EMPTY: tuple[Any, ...] = (None, "", [], {})
 
 
 def _bounded(value: Any) -> Any:
@@ -56,10 +57,11 @@ def diff(
     **extra: Any,
 ) -> list[Change]:
     """The fields that differ between two representations of one resource (None: it did not
-    exist, or no longer does), in `fields` order (default: every field of either, sorted),
+    exist, or no longer does), in `fields` order (default: every field of either, in the
+    order the representations list them),
     `skip` left out; each `{"field", "before", "after", **extra}`."""
     old, new = before or {}, after or {}
-    names = list(fields) if fields is not None else sorted(set(old) | set(new))
+    names = list(fields) if fields is not None else [*new, *(k for k in old if k not in new)]
     skipped = set(skip)
     out = []
     for name in names:
@@ -68,6 +70,8 @@ def diff(
         a, b = old.get(name), new.get(name)
         if before is not None and after is not None and a == b:
             continue
+        if (before is None and b in EMPTY) or (after is None and a in EMPTY):
+            continue  # created or deleted: only the fields that held something
         out.append({"field": name, "before": _bounded(a), "after": _bounded(b), **extra})
     return out
 
