@@ -244,16 +244,21 @@ class PageQuerySchema(StrictSchema):
     cursor = _cursor()
 
 
+def _enabled_filter() -> fields.Boolean:
+    return fields.Boolean(truthy={"true"}, falsy={"false"}, error_messages={
+        "invalid": "Must be true or false."})  # fmt: skip
+
+
 class InstanceListQuerySchema(PageQuerySchema):
     """Query string of GET /v1/services/{name}/instances."""
 
-    enabled = fields.Boolean()
+    enabled = _enabled_filter()
 
 
 class HostQuerySchema(StrictSchema):
     """Query string of GET /v1/hosts/{host}."""
 
-    enabled = fields.Boolean()
+    enabled = _enabled_filter()
 
 
 class DeleteQuerySchema(StrictSchema):
