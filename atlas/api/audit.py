@@ -115,7 +115,8 @@ def changes(resp: Response) -> list[Change] | None:
     if endpoint in ("tokenlist", "tokenitem"):
         return diff(None, after, TOKEN_FIELDS) if after is not None else None
     created = before is None and after is not None
-    out = diff(before, after, skip=NOISE if created else (*NOISE, *IDENTITY))
+    # The target (or, for a new service, its `name`) says which resource it is.
+    out = diff(before, after, skip=(*NOISE, "service", "id") if created else (*NOISE, *IDENTITY))
     if g.get("audit_before_unknown"):
         out.append({"field": TRUNCATED, "before_unknown": True})  # `before`s are not known
     return out
