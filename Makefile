@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBS   := zookeeper haproxy socat libcurator-discovery-java default-jdk-headless wrk chromium redis-server postgresql
+DEBS   := zookeeper haproxy socat libcurator-discovery-java default-jdk-headless wrk chromium redis-server postgresql prometheus
 
 .PHONY: run test lint unit integration deps install bench clean
 
@@ -15,7 +15,7 @@ deps:  ## Debian packages the stack and the tests run for real
 	@if ! command -v haproxy >/dev/null || [ ! -f /usr/share/java/zookeeper.jar ] \
 	   || [ ! -f /usr/share/java/curator-x-discovery.jar ] || ! command -v javac >/dev/null \
 	   || ! command -v wrk >/dev/null || ! command -v chromium >/dev/null \
-	   || ! command -v redis-server >/dev/null \
+	   || ! command -v redis-server >/dev/null || ! command -v promtool >/dev/null \
 	   || ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then \
 	  echo "installing Debian packages: $(DEBS)"; \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \

@@ -22,7 +22,8 @@ from atlas.api.http import BoundedRequest
 from atlas.api.problems import problem_response
 from atlas.config import Settings
 from atlas.errors import AtlasError
-from atlas.metrics import Metrics
+from atlas.metrics import web as metrics_web
+from atlas.metrics.instruments import AtlasMetrics
 from atlas.mirror import Reconciler, ZkMirror
 from atlas.mirror.reconciler import realm_view
 from atlas.mirror.zk import ZK_ERRORS
@@ -69,7 +70,7 @@ class AtlasExtension:
         self.authenticator: Authenticator
         self.mirror: Mirror | None = None
         self.reconciler: Reconciler | None = None
-        self.metrics = Metrics()
+        self.metrics: AtlasMetrics
         self.started = time.time()
         self._lock = threading.Lock()
         self._started_in: int | None = None  # pid of the process that started background work
@@ -89,22 +90,32 @@ class AtlasExtension:
     ) -> None:
         """Bind to an app: build models and the registry unless they are injected (no I/O)."""
         self.settings = settings
+        self.metrics = AtlasMetrics(realm=settings.realm)
         self._own_mirror = mirror is None and registry is None and bool(settings.zk_hosts)
         if self._own_mirror:
-            mirror = ZkMirror(settings.zk_hosts, settings.realm, timeout=settings.zk_timeout_s)
+            mirror = ZkMirror(
+                settings.zk_hosts,
+                settings.realm,
+                timeout=settings.zk_timeout_s,
+                metrics=self.metrics.mirror,
+            )
         if registry is None:
-            registry = Registry(build_models_for(settings), mirror=mirror)
+            registry = Registry(
+                build_models_for(settings), mirror=mirror, metrics=self.metrics.store
+            )
         self.registry = registry
         self.mirror = mirror
         if isinstance(mirror, ZkMirror):
             mirror.bind(registry)
         self.config = ConfigStore(registry, sealer or sealer_for(settings), settings.realm)
         self.tokens = TokenStore(registry, cache_s=settings.token_cache_s)
-        self.audit = AuditLog(registry, queue_size=settings.audit_queue_size)
+        self.audit = AuditLog(
+            registry, queue_size=settings.audit_queue_size, metrics=self.metrics.audit
+        )
         self.authenticator = Authenticator(settings, self.tokens)
         app.extensions["atlas"] = self
         app.before_request(self.ensure_started)
-        self.metrics.init_app(app)
+        metrics_web.init_app(app, self.metrics)
 
     @property
     def running(self) -> bool:

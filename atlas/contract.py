@@ -8,8 +8,11 @@ No Flask, no pynamodb: the sidecar, the clients and the Smart Service import thi
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
-from typing import TypeGuard
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeGuard
 
 from atlas.errors import ValidationFailed
 
@@ -318,3 +321,189 @@ class Layout:
     def sidecar(self, host_id: str) -> str:
         """Path of one sidecar's ephemeral status node."""
         return f"{self.sidecars}/{host_id}"
+
+
+# ----------------------------------------------------------------- instance extras
+
+#: Instance node fields (Atlas's own, beside Curator's and Synapse's) that the sidecar applies
+#: through HAProxy's runtime API. Consumers read them leniently: anything else means "not set".
+#: `drain: true` -- no new requests, open ones finish (HAProxy's `drain` state).
+INSTANCE_DRAIN = "drain"
+#: `slow_start_s: n` -- after an enable (or a recovery) the weight ramps up over n seconds
+#: (HAProxy's `slowstart`). 0 or absent: none.
+INSTANCE_SLOW_START = "slow_start_s"
+SLOW_START_MAX_S = 3600
+
+
+def parse_drain(value: object) -> bool:
+    """An instance node's `drain`, leniently: only JSON `true` drains."""
+    return value is True
+
+
+def parse_slow_start(value: object) -> int:
+    """An instance node's `slow_start_s`, leniently: an integer 0..SLOW_START_MAX_S, else 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0
+    seconds = int(value)
+    return seconds if 0 <= seconds <= SLOW_START_MAX_S else 0
+
+
+# ------------------------------------------------------------------ sidecar report
+
+#: A sidecar's host id names its node under `sidecars/`: no `/`, short, printable.
+SIDECAR_HOST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
+SIDECAR_REPORT_SCHEMA = 1
+
+
+def is_sidecar_host_id(value: object) -> TypeGuard[str]:
+    """True for a host id usable as a znode name under `sidecars/`."""
+    return isinstance(value, str) and SIDECAR_HOST_ID_RE.fullmatch(value) is not None
+
+
+def change_index(stats: Iterable[Any]) -> int:
+    """The ZooKeeper index of the latest change among znode stats (kazoo `ZnodeStat`s).
+
+    A service's index is this over its service node and its instance nodes: `mzxid` moves with
+    a node's data, `pzxid` with its children (an instance detached). Compare it with a
+    sidecar report's `applied_index_of(service)` to tell whether that sidecar has applied it.
+    """
+    return max((max(int(s.mzxid), int(getattr(s, "pzxid", 0) or 0)) for s in stats), default=0)
+
+
+@dataclass(frozen=True)
+class LaggingService:
+    """A service a sidecar has not applied in full yet: what it runs of it, why, since when."""
+
+    applied_index: int  # index of the last state of the service it applied (0: none yet)
+    reason: str
+    since: str | None = None  # RFC 3339
+
+
+@dataclass(frozen=True)
+class SidecarReport:
+    """The data of a sidecar's ephemeral node, `/atlas/<realm>/sidecars/<host-id>` (JSON).
+
+    `applied_index` is a watermark: every change under `services/` with a ZooKeeper index at
+    or below it is applied to this host's HAProxy, except the services in `lagging`, which are
+    applied up to their own `applied_index`. A sidecar that lags in nothing is converged for a
+    service whose index (`change_index`) is <= `applied_index`. Counts are since the sidecar
+    started; times are RFC 3339 UTC.
+    """
+
+    host_id: str
+    realm: str
+    applied_index: int
+    lagging: Mapping[str, LaggingService] = field(default_factory=dict)
+    stale: bool = False
+    stale_reasons: tuple[str, ...] = ()
+    reloads: int = 0
+    runtime_updates: int = 0
+    last_error: str | None = None
+    last_error_at: str | None = None
+    failures: Mapping[str, int] = field(default_factory=dict)
+    haproxy_version: str | None = None
+    sidecar_version: str | None = None
+    services: int = 0
+    instances: int = 0
+    started_at: str | None = None
+    updated_at: str | None = None
+    schema: int = SIDECAR_REPORT_SCHEMA
+
+    def applied_index_of(self, service: str) -> int:
+        """The index up to which this sidecar has applied one service."""
+        lag = self.lagging.get(service)
+        return lag.applied_index if lag is not None else self.applied_index
+
+    def has_applied(self, service: str, index: int) -> bool:
+        """True when this sidecar has applied the service's change at `index` (or a later one)."""
+        return self.applied_index_of(service) >= index
+
+    def to_dict(self) -> dict[str, Any]:
+        """The node's JSON object."""
+        return {
+            "schema": self.schema,
+            "host_id": self.host_id,
+            "realm": self.realm,
+            "applied_index": self.applied_index,
+            "lagging": {
+                name: {"applied_index": lag.applied_index, "reason": lag.reason, "since": lag.since}
+                for name, lag in sorted(self.lagging.items())
+            },
+            "stale": self.stale,
+            "stale_reasons": list(self.stale_reasons),
+            "reloads": self.reloads,
+            "runtime_updates": self.runtime_updates,
+            "last_error": self.last_error,
+            "last_error_at": self.last_error_at,
+            "failures": dict(sorted(self.failures.items())),
+            "haproxy_version": self.haproxy_version,
+            "sidecar_version": self.sidecar_version,
+            "services": self.services,
+            "instances": self.instances,
+            "started_at": self.started_at,
+            "updated_at": self.updated_at,
+        }
+
+    def to_json(self) -> bytes:
+        """Canonical JSON bytes of the node (sorted keys, no spaces)."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode()
+
+
+def _int(value: object, default: int = 0) -> int:
+    return (
+        value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else default
+    )
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def parse_sidecar_report(data: bytes | None, host_id: str) -> SidecarReport | None:
+    """Parse a sidecar node's data; None when it is not a report at all.
+
+    Lenient like every consumer of the layout: a missing or mistyped field takes its default
+    (a newer sidecar may add fields), so one odd node never hides the others.
+    """
+    try:
+        obj = json.loads((data or b"").decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(obj, dict) or not isinstance(obj.get("applied_index"), int):
+        return None
+    lagging: dict[str, LaggingService] = {}
+    raw_lagging = obj.get("lagging")
+    if isinstance(raw_lagging, dict):
+        for name, lag in raw_lagging.items():
+            if is_service_name(name) and isinstance(lag, dict):
+                lagging[name] = LaggingService(
+                    applied_index=_int(lag.get("applied_index")),
+                    reason=_str(lag.get("reason")) or "",
+                    since=_str(lag.get("since")),
+                )
+    reasons = obj.get("stale_reasons")
+    failures = obj.get("failures")
+    return SidecarReport(
+        host_id=host_id,
+        realm=_str(obj.get("realm")) or "",
+        applied_index=_int(obj.get("applied_index")),
+        lagging=lagging,
+        stale=obj.get("stale") is True,
+        stale_reasons=tuple(r for r in reasons if isinstance(r, str))
+        if isinstance(reasons, list)
+        else (),
+        reloads=_int(obj.get("reloads")),
+        runtime_updates=_int(obj.get("runtime_updates")),
+        last_error=_str(obj.get("last_error")),
+        last_error_at=_str(obj.get("last_error_at")),
+        failures={k: _int(v) for k, v in failures.items() if isinstance(k, str)}
+        if isinstance(failures, dict)
+        else {},
+        haproxy_version=_str(obj.get("haproxy_version")),
+        sidecar_version=_str(obj.get("sidecar_version")),
+        services=_int(obj.get("services")),
+        instances=_int(obj.get("instances")),
+        started_at=_str(obj.get("started_at")),
+        updated_at=_str(obj.get("updated_at")),
+        schema=_int(obj.get("schema"), SIDECAR_REPORT_SCHEMA),
+    )

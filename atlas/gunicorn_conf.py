@@ -5,6 +5,12 @@ The app factory only configures; each worker starts its background work (ZooKeep
 session, mirror pump, reconciler) once forked and stops it before it exits, so `--preload`
 is safe. Listen address and process counts come from ATLAS_BIND / ATLAS_WORKERS /
 ATLAS_THREADS (command-line flags win); logging is `atlas.logs` at ATLAS_LOG_LEVEL.
+
+Metrics: prometheus_client runs in multiprocess mode, so that a scrape of /metrics answered by
+any worker counts every worker. Loading this module (in the master, before any worker or the
+app imports prometheus_client) gives the server start an empty PROMETHEUS_MULTIPROC_DIR: the
+one named in the environment, emptied, or a new temporary one removed at exit. `child_exit`
+removes a dead worker's live gauges.
 """
 
 from __future__ import annotations
@@ -16,6 +22,10 @@ from typing import Any
 from atlas.config import ServeSettings
 from atlas.envvars import LOG_LEVEL
 from atlas.logs import config_dict
+from atlas.metrics import multiproc as _multiproc
+
+# Before anything imports prometheus_client (underscored: gunicorn reads the public names).
+_metrics_dir = _multiproc.prepare()
 
 _serve = ServeSettings.from_env()
 
@@ -55,3 +65,13 @@ def worker_exit(server: Any, worker: Any) -> None:
     ext = _extension(worker)
     if ext is not None:
         ext.close()
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """In the master, once a worker has exited: drop its live gauges (its counts stay)."""
+    _multiproc.mark_dead(worker.pid, _metrics_dir)
+
+
+def on_exit(server: Any) -> None:
+    """In the master, as gunicorn exits: remove the metrics directory if it made it."""
+    _multiproc.cleanup(_metrics_dir)

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from kazoo.client import KazooClient
 
-from atlas.sidecar.core import Settings, Sidecar
+from atlas.sidecar.core import LoopSettings, Sidecar
 from atlas.sidecar.haproxy import HAProxy
+from atlas.sidecar.model import Snapshot
 from atlas.sidecar.render import RenderOptions, render
 from atlas.sidecar.watch import ZooKeeperSource
 from atlas.stack import ZooKeeperServer, free_port
@@ -86,7 +87,7 @@ def main() -> None:
         tmp / "haproxy.cfg", tmp / "master.sock", tmp / "admin.sock", log_path=tmp / "haproxy.log"
     )
     sc = Sidecar(
-        ZooKeeperSource(zk.address, REALM), proxy, opts, Settings(initial_sync_timeout_s=120)
+        ZooKeeperSource(zk.address, REALM), proxy, opts, LoopSettings(initial_sync_timeout_s=120)
     )
     t0 = time.perf_counter()
     sc.boot()
@@ -94,9 +95,9 @@ def main() -> None:
     loop = threading.Thread(target=sc.run, daemon=True)
     loop.start()
     try:
-        snapshot, _ = sc.source.snapshot()
+        snapshot = Snapshot(tuple(sc.desired.values()))
         rss1 = rss_mb()
-        snap_ms = timed(lambda: sc.source.snapshot())
+        snap_ms = timed(lambda: Snapshot(tuple(sc.desired.values())))
         render_ms = timed(lambda: render(snapshot, opts))
         text = render(snapshot, opts)
         check_ms = timed(lambda: proxy.check(proxy.config_path))
@@ -121,14 +122,14 @@ def main() -> None:
             f"{text.count(chr(10))} lines"
         )
         print(f"sidecar boot (ZK sync + render + check + start HAProxy): {boot * 1000:8.0f} ms")
-        print(f"snapshot from cache:                                   {snap_ms:8.1f} ms")
+        print(f"snapshot of the view (for a full render):              {snap_ms:8.1f} ms")
         print(f"render (pure):                                         {render_ms:8.1f} ms")
         print(f"haproxy -c:                                            {check_ms:8.1f} ms")
         print(f"reload (master reload -> new worker answering):        {reload_ms:8.1f} ms")
         print(f"disable one instance, znode set -> HAProxy maint:      {runtime_ms:8.1f} ms")
         print(
             f"sidecar memory: RSS {rss1:.0f} MB in-process, +{rss1 - rss0:.0f} MB for the "
-            f"tree cache, snapshot and HAProxy control"
+            "watch, the view and HAProxy control"
         )
     finally:
         sc.request_stop()

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from atlas.client.adapters import DEFAULT_SERVICE_HEADER
+from atlas.sidecar.haproxy import master_command
 from atlas.sidecar.model import Instance, Service, Snapshot
 from atlas.sidecar.render import RenderOptions, render
 from atlas.stack.procs import LOOPBACK, ManagedProcess, free_port, wait_for_port
@@ -255,33 +256,9 @@ class StaticHAProxy:
         return self
 
     def master(self, command: str, timeout: float = 5.0) -> str:
-        """Send one command to the master CLI and return its answer."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                return self._master_once(command, timeout)
-            except (ConnectionRefusedError, FileNotFoundError, BrokenPipeError):
-                # Around a reload the master re-executes itself: its socket is
-                # missing, refuses, or accepts and drops us before reading the
-                # command. It is back within milliseconds.
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.01)
-
-    def _master_once(self, command: str, timeout: float) -> str:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            sock.connect(str(self.master_socket))
-            sock.sendall(command.encode() + b"\n")
-            # The master CLI answers only once it sees end of input.
-            sock.shutdown(socket.SHUT_WR)
-            chunks = []
-            try:
-                while chunk := sock.recv(65536):
-                    chunks.append(chunk)
-            except ConnectionResetError:
-                pass  # "reload" re-executes the master, which may drop the CLI connection
-        return b"".join(chunks).decode("utf-8", "replace")
+        """Send one command to the master CLI and return its answer (the sidecar's client:
+        retried while the master re-executes itself around a reload)."""
+        return master_command(self.master_socket, command, timeout)
 
     def reload(self, services: Mapping[str, Sequence[tuple[str, int]]] | None = None) -> None:
         """Hitless reload through the master socket, optionally with new services."""

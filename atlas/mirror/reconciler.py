@@ -105,16 +105,24 @@ class Reconciler:
                     try:
                         self._lead(client)
                     finally:
-                        with contextlib.suppress(*ZK_ERRORS):
-                            lock.release()
+                        self._release(lock)
             except (LockTimeout, CancelledError):
                 continue  # someone else leads, or our client was replaced: contend again
             except ZK_ERRORS as exc:
+                self.mirror.metrics.swallowed("reconciler_contend")
                 log.info("reconciler contention interrupted: %r", exc)
                 self._stopped.wait(0.2)
             except Exception:  # the thread must outlive any single failure
+                self.mirror.metrics.swallowed("reconciler")
                 log.exception("reconciler error; contending again shortly")
                 self._stopped.wait(1.0)
+
+    def _release(self, lock: Lock) -> None:
+        try:
+            lock.release()
+        except ZK_ERRORS as exc:  # the session that held it is gone, and the lock node with it
+            self.mirror.metrics.swallowed("reconciler_release")
+            log.info("reconciler lock release failed: %r", exc)
 
     def _still_leading(self, client: KazooClient, session: int | None) -> bool:
         # A new session (the old one expired) means our lock node is gone: step down.
@@ -139,9 +147,11 @@ class Reconciler:
                         next_run = self.clock() + self.interval
                         self._publish(client, report)
                     except (*ZK_ERRORS, MirrorConflict, AtlasError) as exc:
+                        self.mirror.metrics.reconcile_failed("error")
                         log.warning("reconcile failed, retrying soon: %r", exc)
                         next_run = self.clock() + min(self.interval, 1.0)
                     except Exception:
+                        self.mirror.metrics.reconcile_failed("crash")
                         log.exception("reconcile crashed, retrying soon")
                         next_run = self.clock() + min(self.interval, 5.0)
                 self._kick.wait(timeout=0.25)

@@ -58,6 +58,7 @@ from kazoo.retry import KazooRetry
 from atlas.contract import Layout
 from atlas.errors import AtlasError
 from atlas.mirror.batch import Change, plan_batch
+from atlas.mirror.metrics import MirrorMetrics, NullMirrorMetrics
 from atlas.mirror.payloads import desired_tree
 from atlas.mirror.plan import Op, Plan, diff_subtree
 from atlas.registry.records import Instance, Service
@@ -164,8 +165,10 @@ class ZkMirror:
         clock: Callable[[], float] = time.time,
         recreate_after: float | None = None,
         probe_factory: Callable[[str], KazooClient] | None = None,
+        metrics: MirrorMetrics | None = None,
     ) -> None:
         self.hosts = hosts
+        self.metrics: MirrorMetrics = metrics or NullMirrorMetrics()
         self.layout = Layout(realm)
         self.timeout = timeout
         self.client_factory = client_factory
@@ -194,11 +197,13 @@ class ZkMirror:
         # service -> generation of its latest failed mirror write; a sync clears a mark only
         # if no newer failure re-marked it meanwhile.
         self._dirty: dict[str, int] = {}
+        self._dirty_since: dict[str, float] = {}  # service -> when its oldest open mark was set
         self._dirty_gen = 0
         self._disconnected_since: float | None = clock()
         self._counters: dict[str, int] = {
             "syncs": 0,
             "sync_failures": 0,
+            "resync_failures": 0,
             "cas_retries": 0,
             "stale_retries": 0,
             "group_commits": 0,
@@ -213,6 +218,7 @@ class ZkMirror:
         self._leader = False
         self._last_error: str | None = None
         self._published: dict[str, Any] = {}
+        self._exported = dict(self._counters)  # the counters as last handed to `metrics`
         self._publish()
 
     # ----------------------------------------------------------------- wiring
@@ -346,17 +352,22 @@ class ZkMirror:
             try:
                 item()
             except Exception:  # the owner must outlive any single failure
+                self.metrics.swallowed("mirror_task")
                 log.exception("mirror task failed")
         try:
             if self._pending:
                 self._commit_round()
             self.watchdog_tick()
         except Exception:
+            self.metrics.swallowed("mirror_round")
             log.exception("mirror owner round failed")
         self._publish()
         return True
 
     def _publish(self) -> None:
+        """Owner thread only: publish the status, and hand the news to `metrics`."""
+        if self._started:
+            self._export()
         self._published = {
             "dirty": dict(self._dirty),
             "counters": dict(self._counters),
@@ -365,6 +376,22 @@ class ZkMirror:
             "last_error": self._last_error,
             "disconnected_since": self._disconnected_since,
         }
+
+    def _export(self) -> None:
+        deltas = {k: v - self._exported.get(k, 0) for k, v in self._counters.items()}
+        deltas = {k: d for k, d in deltas.items() if d}
+        if deltas:
+            self.metrics.counted(deltas)
+            self._exported = dict(self._counters)
+        behind = list(self._dirty_since.values())
+        if self._disconnected_since is not None:
+            behind.append(self._disconnected_since)
+        self.metrics.state(
+            connected=self._client.state == KazooState.CONNECTED,
+            dirty=len(self._dirty),
+            lag_s=max(0.0, self.clock() - min(behind)) if behind else 0.0,
+            leader=self._leader,
+        )
 
     def _shutdown(self) -> None:
         for posted in self._pending.values():
@@ -399,6 +426,7 @@ class ZkMirror:
                 try:
                     callback()
                 except Exception:
+                    self.metrics.swallowed("mirror_connect_listener")
                     log.exception("mirror connect listener failed")
         elif self._disconnected_since is None:
             self._disconnected_since = self.clock()
@@ -411,21 +439,25 @@ class ZkMirror:
         """Owner thread only."""
         self._dirty_gen += 1
         self._dirty[name] = self._dirty_gen
+        self._dirty_since.setdefault(name, self.clock())
         if reason is not None:
             self._counters["sync_failures"] += 1
             self._last_error = f"{reason!r}"[:300]
             log.warning("mirror of %r deferred: %s", name, self._last_error)
         self._pump_wake.set()
 
-    def _note_error(self, exc: BaseException) -> None:
+    def _note_error(self, exc: BaseException, counter: str | None = None) -> None:
         """Owner thread only."""
         self._last_error = f"{exc!r}"[:300]
+        if counter is not None:
+            self._counters[counter] += 1
 
     def _clear_dirty(self, marks: dict[str, int]) -> None:
         """Owner thread only."""
         for name, gen in marks.items():
             if self._dirty.get(name) == gen:
                 del self._dirty[name]
+                self._dirty_since.pop(name, None)
 
     def _replace_client(self, new: KazooClient, why: str) -> None:
         """Owner thread only: make `new` (started or not) the client, and close the old one."""
@@ -517,18 +549,20 @@ class ZkMirror:
         if client.state != KazooState.CONNECTED:
             return None
         try:
-            # The guard first: one session's requests are served in order, so any commit that
-            # lands after this read moves the guard, whatever it did to the nodes read after.
-            guard = client.get_async(self.layout.guard(service))
-            parent = client.get_async(self.layout.service(service))
-            node = client.get_async(self.layout.instance(service, iid))
-            guard_data, guard_stat = guard.get(timeout=self.timeout)
-            parent_data, parent_stat = parent.get(timeout=self.timeout)
-            try:
-                node_data, node_stat = node.get(timeout=self.timeout)
-                seen: tuple[bytes, int] | None = (node_data, node_stat.version)
-            except NoNodeError:
-                seen = None
+            with self.metrics.zk_call("prepare"):
+                # The guard first: one session's requests are served in order, so any commit
+                # that lands after this read moves the guard, whatever it did to the nodes
+                # read after.
+                guard = client.get_async(self.layout.guard(service))
+                parent = client.get_async(self.layout.service(service))
+                node = client.get_async(self.layout.instance(service, iid))
+                guard_data, guard_stat = guard.get(timeout=self.timeout)
+                parent_data, parent_stat = parent.get(timeout=self.timeout)
+                try:
+                    node_data, node_stat = node.get(timeout=self.timeout)
+                    seen: tuple[bytes, int] | None = (node_data, node_stat.version)
+                except NoNodeError:
+                    seen = None
         except NoNodeError:
             return None  # no guard or no service node: the whole service must be (re)built
         except ZK_ERRORS:
@@ -614,7 +648,8 @@ class ZkMirror:
         commits = []
         for service, posted in live.items():
             try:
-                guard, parent, nodes = _collect(views[service][0], self.timeout)
+                with self.metrics.zk_call("batch_read"):
+                    guard, parent, nodes = _collect(views[service][0], self.timeout)
             except ZK_ERRORS as exc:
                 self._defer_posted(service, posted, exc)
                 continue
@@ -632,7 +667,8 @@ class ZkMirror:
                 commits.append((service, [posted[n] for n in bp.commit], result))
         for service, committed, result in commits:
             try:
-                results = _checked(result.get(timeout=self.timeout))
+                with self.metrics.zk_call("group_commit"):
+                    results = _checked(result.get(timeout=self.timeout))
             except MirrorConflict:
                 # A commit landed between our view and our multi: read again, plan again.
                 self._counters["cas_retries"] += 1
@@ -699,11 +735,13 @@ class ZkMirror:
         # Every call here is bounded: a request queued on a client that never reconnects
         # (a wiped server) would otherwise block its thread until the client is closed.
         roots = (self.layout.services, self.layout.config, self.layout.guards)
-        for result in [client.ensure_path_async(root) for root in roots]:
-            result.get(timeout=self.timeout)
+        with self.metrics.zk_call("ensure_roots"):
+            for result in [client.ensure_path_async(root) for root in roots]:
+                result.get(timeout=self.timeout)
 
     def _children(self, client: KazooClient, path: str) -> list[str]:
-        result: list[str] = client.get_children_async(path).get(timeout=self.timeout)
+        with self.metrics.zk_call("get_children"):
+            result: list[str] = client.get_children_async(path).get(timeout=self.timeout)
         return result
 
     def _guard_ops(self, name: str, version: int | None) -> list[Op]:
@@ -722,14 +760,15 @@ class ZkMirror:
         return [Op("set", path, b"", version)]
 
     def _read(self, client: KazooClient, paths: Iterable[str]) -> dict[str, tuple[bytes, int]]:
-        asyncs = [(p, client.get_async(p)) for p in paths]
         out: dict[str, tuple[bytes, int]] = {}
-        for path, result in asyncs:
-            try:
-                data, stat = result.get(timeout=self.timeout)
-            except NoNodeError:
-                continue
-            out[path] = (data, stat.version)
+        with self.metrics.zk_call("get"):
+            asyncs = [(p, client.get_async(p)) for p in paths]
+            for path, result in asyncs:
+                try:
+                    data, stat = result.get(timeout=self.timeout)
+                except NoNodeError:
+                    continue
+                out[path] = (data, stat.version)
         return out
 
     def _read_subtree(
@@ -764,7 +803,9 @@ class ZkMirror:
         return tx
 
     def _commit(self, client: KazooClient, ops: Sequence[Op]) -> list[Any]:
-        return _checked(self._transaction(client, ops).commit_async().get(timeout=self.timeout))
+        with self.metrics.zk_call("multi"):
+            tx = self._transaction(client, ops)
+            return _checked(tx.commit_async().get(timeout=self.timeout))
 
     def sync_service(self, name: str) -> Synced:
         """Make one service's subtree (node, instances, config stamp) equal DynamoDB's.
@@ -805,7 +846,8 @@ class ZkMirror:
         owner: dict[str, str] = {}
         for n in names:
             try:
-                kids = child_lists[n].get(timeout=self.timeout)
+                with self.metrics.zk_call("get_children"):
+                    kids = child_lists[n].get(timeout=self.timeout)
             except NoNodeError:
                 kids = []
             for p in [self.layout.service(n)] + [f"{self.layout.service(n)}/{k}" for k in kids]:
@@ -889,7 +931,8 @@ class ZkMirror:
         fixed = 0
         retry: list[str] = []
         for name, p, result in pending:
-            results = result.get(timeout=max(self.timeout, 30.0))
+            with self.metrics.zk_call("multi"):
+                results = result.get(timeout=max(self.timeout, 30.0))
             if any(isinstance(r, Exception) for r in results):
                 retry.append(name)
             else:
@@ -913,6 +956,8 @@ class ZkMirror:
             "drift_found": found,
             "drift_fixed": fixed,
         }
+
+        self.metrics.reconciled(self.clock() - started, found, fixed)
 
         def record() -> None:
             self._clear_dirty(dirty_before)
@@ -952,6 +997,7 @@ class ZkMirror:
                 elif self.source is not None and self._published["dirty"]:
                     self.drain_dirty()
             except Exception:  # the pump thread must outlive any single failure
+                self.metrics.swallowed("mirror_pump")
                 log.exception("mirror repair error")
 
     def drain_dirty(self) -> int:
@@ -966,7 +1012,7 @@ class ZkMirror:
             try:
                 self.sync_service(name)
             except (*ZK_ERRORS, MirrorConflict, AtlasError) as exc:
-                self._in_owner(functools.partial(self._note_error, exc))
+                self._in_owner(functools.partial(self._note_error, exc, "resync_failures"))
                 continue
             self._in_owner(functools.partial(self._clear_dirty, {name: gen}))
             done += 1
@@ -990,8 +1036,9 @@ class ZkMirror:
         # just opened its port) is retried after a second, not after a whole session timeout.
         fresh = self.probe_factory(self.hosts)
         try:
-            fresh.start(timeout=PROBE_START_S)
-            fresh.exists_async("/").get(timeout=self.timeout)  # any reply carries its zxid
+            with self.metrics.zk_call("probe"):
+                fresh.start(timeout=PROBE_START_S)
+                fresh.exists_async("/").get(timeout=self.timeout)  # any reply carries its zxid
             theirs = int(fresh.last_zxid or 0)
         except ZK_ERRORS:
             return False

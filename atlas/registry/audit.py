@@ -17,10 +17,11 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from atlas.registry.metrics import AuditMetrics, NullAuditMetrics
 from atlas.registry.models import AuditModel
 from atlas.registry.records import AuditRecord, Page
 from atlas.registry.service import Registry
-from atlas.registry.store import CursorKey, paginate
+from atlas.registry.store import CursorKey
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +88,16 @@ def bounded_changes(changes: Sequence[Change]) -> list[Change]:
 class AuditLog:
     """Queues audit records and writes them to `<prefix>audit`; lists them for admins."""
 
-    def __init__(self, registry: Registry, queue_size: int = 10_000, linger_s: float = 0.1) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        queue_size: int = 10_000,
+        linger_s: float = 0.1,
+        metrics: AuditMetrics | None = None,
+    ) -> None:
         self.registry = registry
         self.linger_s = linger_s
+        self.metrics: AuditMetrics = metrics or NullAuditMetrics()
         self.models = registry.models
         self._queue: queue.Queue[AuditRecord | None] = queue.Queue(maxsize=queue_size)
         self._thread: threading.Thread | None = None
@@ -136,8 +144,10 @@ class AuditLog:
         self._ensure_thread()
         try:
             self._queue.put_nowait(rec)
+            self.metrics.queued()
         except queue.Full:
             self.dropped += 1
+            self.metrics.dropped()
             log.error("audit queue full; dropped %s %s (%s)", method, path[:200], rec.id)
         return rec
 
@@ -176,6 +186,7 @@ class AuditLog:
     def _write(self, batch: list[AuditRecord]) -> None:
         try:
             self._write_batch(batch)
+            self.metrics.written(len(batch))
         except Exception:
             if len(batch) == 1:
                 self._lost(batch)
@@ -184,12 +195,14 @@ class AuditLog:
             for r in batch:
                 try:
                     self._write_batch([r])
+                    self.metrics.written(1)
                 except Exception:
                     self._lost([r])
 
     def _write_batch(self, batch: list[AuditRecord]) -> None:
         model = self.models.Audit
-        with self._write_lock, model.batch_write() as writer:
+        timed = self.registry.store.timed("writing the audit trail")
+        with self._write_lock, timed, model.batch_write() as writer:
             for r in batch:
                 fields = {name: getattr(r, name) for name in STORED_FIELDS}
                 if r.changes is not None:
@@ -198,6 +211,7 @@ class AuditLog:
 
     def _lost(self, batch: list[AuditRecord]) -> None:
         self.failed += len(batch)
+        self.metrics.lost(len(batch))
         # The records hold no secrets (no bodies, no values), so they may be logged.
         log.error(
             "audit write failed; lost %d record(s): %s",
@@ -250,7 +264,7 @@ class AuditLog:
                 return model.scan(consistent_read=True, **page)
             return model.query(service, scan_index_forward=False, consistent_read=True, **page)
 
-        return paginate(
+        return self.registry.store.paginate(
             fetch,
             limit=limit,
             start=start,

@@ -12,7 +12,7 @@ from atlas.registry.crypto import Sealer, SecretContext
 from atlas.registry.models import ConfigHistoryModel, ConfigModel
 from atlas.registry.records import ConfigEntry, ConfigView, Page
 from atlas.registry.service import Registry
-from atlas.registry.store import CursorKey, TransactionCanceled, operation, paginate, race_retries
+from atlas.registry.store import CursorKey, TransactionCanceled, race_retries
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class ConfigStore:
         svc = self.registry.get_service(service)
         # The version is read before the values, so it never claims more than they hold.
         version = svc.config_version
-        with operation("reading the service's config"):
+        with self.store.operation("reading the service's config"):
             items = list(self.models.Config.query(service, consistent_read=True))
         values: dict[str, Any] = {}
         opened: list[str] = []
@@ -138,7 +138,7 @@ class ConfigStore:
         """One page of a key's history, newest first; secrets always masked."""
         entry = f"{service}/{key}"
         start = VERSION_CURSOR.decode(cursor, entry=entry)
-        page = paginate(
+        page = self.store.paginate(
             lambda **kw: self.models.ConfigHistory.query(
                 entry, scan_index_forward=False, consistent_read=True, **kw
             ),

@@ -25,9 +25,8 @@ from atlas.registry.store import (
     CursorKey,
     ScanPolicy,
     Store,
+    StoreMetrics,
     TransactionCanceled,
-    operation,
-    paginate,
     race_retries,
     utcnow,
 )
@@ -49,11 +48,12 @@ class Registry:
         mirror: Mirror | None = None,
         clock: Callable[[], datetime] = utcnow,
         scan: ScanPolicy | None = None,
+        metrics: StoreMetrics | None = None,
     ) -> None:
         self.models = models
         self.mirror: Mirror = mirror or NullMirror()
         self.clock = clock
-        self.store = Store(models, clock=clock, scan=scan)
+        self.store = Store(models, clock=clock, scan=scan, metrics=metrics)
 
     # ----------------------------------------------------------------- records
 
@@ -183,7 +183,7 @@ class Registry:
 
     def list_services(self, limit: int, cursor: str | None = None) -> Page:
         """One page of services, in table order."""
-        return paginate(
+        return self.store.paginate(
             lambda **page: self.models.Service.scan(consistent_read=True, **page),
             limit=limit,
             start=SERVICE_CURSOR.decode(cursor),
@@ -282,16 +282,16 @@ class Registry:
 
     def has_children(self, name: str) -> bool:
         """True while the service has instances or config keys that are not deleted."""
-        with operation("checking the service's instances"):
+        with self.store.operation("checking the service's instances"):
             if next(iter(self.models.Instance.query(name, limit=1, page_size=1)), None) is not None:
                 return True
-        with operation("checking the service's config"):
+        with self.store.operation("checking the service's config"):
             return any(not m.deleted for m in self.models.Config.query(name, consistent_read=True))
 
     def _purge_config_and_tokens(self, name: str) -> None:
         # Config history and tokens go with the service: a later service of the same name
         # must not inherit old secrets or accept old tokens.
-        with operation("deleting the service's config"):
+        with self.store.operation("deleting the service's config"):
             keys = [m.key for m in self.models.Config.query(name, consistent_read=True)]
             for key in keys:
                 versions = list(
@@ -303,7 +303,7 @@ class Registry:
             with self.models.Config.batch_write() as batch:
                 for key in keys:
                     batch.delete(self.models.Config(name, key))
-        with operation("deleting the service's tokens"):
+        with self.store.operation("deleting the service's tokens"):
             tokens = list(self.models.Token.by_service.query(name))
             with self.models.Token.batch_write() as batch:
                 for t in tokens:
@@ -330,7 +330,7 @@ class Registry:
         # Every step checks that this DELETE still owns the mark: a second cascade (a client's
         # retry) that finds the service re-created after the first one finished must not
         # delete the new service's instances, config or tokens.
-        with operation("deleting the service's instances"):
+        with self.store.operation("deleting the service's instances"):
             instances = list(self.models.Instance.query(name, consistent_read=True))
         for inst in instances:
             try:
@@ -438,7 +438,7 @@ class Registry:
 
     def list_instances(self, service: str, limit: int, cursor: str | None = None) -> Page:
         """One page of a service's instances, ordered by id."""
-        page = paginate(
+        page = self.store.paginate(
             lambda **kw: self.models.Instance.query(service, consistent_read=True, **kw),
             limit=limit,
             start=INSTANCE_CURSOR.decode(cursor, service=service),
@@ -452,7 +452,7 @@ class Registry:
 
     def all_instances(self, service: str) -> list[Instance]:
         """Every instance of a service (for the mirror)."""
-        with operation("listing instances"):
+        with self.store.operation("listing instances"):
             return [
                 self.instance_record(m)
                 for m in self.models.Instance.query(service, consistent_read=True)
@@ -580,7 +580,7 @@ class Registry:
 
     def host_instances(self, host: str) -> list[Instance]:
         """Every instance on a host, across services (a GSI: eventually consistent)."""
-        with operation("listing the host's instances"):
+        with self.store.operation("listing the host's instances"):
             return [self.instance_record(m) for m in self.models.Instance.by_host.query(host)]
 
     def set_host_enabled(
@@ -646,7 +646,7 @@ class Registry:
 
     def check_store(self) -> None:
         """Raise Unavailable unless every table answers."""
-        with operation("the readiness check"):
+        with self.store.operation("the readiness check"):
             for model in self.models.all():
                 model.describe_table()
 

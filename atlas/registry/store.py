@@ -8,7 +8,9 @@
   in bounded pages, each retried where it stopped, optionally in parallel segments;
 - `CursorKey` and `paginate()`: the listings' limit+1 pages behind opaque cursors;
 - `race_retries()`: the retry loop of a read-modify-write that may lose a race;
-- the clock: `utcnow()` and `timestamp()`.
+- the clock: `utcnow()` and `timestamp()`;
+- metrics: every call of a `Store` (and every `Store.operation` / `Store.paginate` block) is
+  timed and its failure classified for the injected `StoreMetrics` (atlas.registry.metrics).
 
 Nothing else in Atlas calls pynamodb's connection layer.
 """
@@ -44,6 +46,7 @@ from tenacity import (
 )
 
 from atlas.errors import Conflict, Unavailable, ValidationFailed
+from atlas.registry.metrics import NullStoreMetrics, StoreMetrics, dynamodb_error_kind
 from atlas.registry.models import Models
 from atlas.registry.records import Page
 
@@ -64,6 +67,7 @@ __all__ = [
     "CursorKey",
     "ScanPolicy",
     "Store",
+    "StoreMetrics",
     "Transaction",
     "TransactionCanceled",
     "Unavailable",
@@ -143,6 +147,18 @@ def _conditional(action: str) -> Iterator[None]:
             if exc.cause_response_code == "ConditionalCheckFailedException":
                 raise ConditionFailed(action) from None
             raise
+
+
+def _failure_kind(exc: BaseException) -> str | None:
+    """The `dynamodb_error_kind` of a DynamoDB failure, None for any other exception."""
+    if isinstance(exc, TransactionCanceled):
+        return "transaction_canceled"
+    if isinstance(exc, ConditionFailed):
+        return "condition_failed"
+    cause = exc.__cause__ if isinstance(exc, Unavailable) else exc
+    if isinstance(cause, PynamoDBException):
+        return dynamodb_error_kind(cause.cause_response_code)
+    return None
 
 
 def race_retries(what: str, tries: int = MAX_RACE_RETRIES) -> Iterator[int]:
@@ -357,7 +373,8 @@ def _hash_key_name(model: type[Model]) -> str:
 class Store:
     """One realm's tables: reads, conditional writes, transactions and scans.
 
-    Thread-safe: pynamodb keeps a client per thread, and the counters are locked.
+    Thread-safe: pynamodb keeps a client per thread, the counters are locked, and `metrics`
+    must be thread-safe (every implementation in Atlas is).
     """
 
     def __init__(
@@ -366,10 +383,12 @@ class Store:
         clock: Clock = utcnow,
         scan: ScanPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        metrics: StoreMetrics | None = None,
     ) -> None:
         self.models = models
         self.clock = clock
         self.scan_policy = scan or ScanPolicy()
+        self.metrics: StoreMetrics = metrics or NullStoreMetrics()
         self._sleep = sleep
         self._lock = threading.Lock()
         self.counters: dict[str, int] = {"scan_pages": 0, "scan_page_retries": 0}
@@ -382,11 +401,51 @@ class Store:
         with self._lock:
             self.counters[name] += 1
 
+    # ---------------------------------------------------------- metrics
+
+    @contextmanager
+    def timed(self, action: str) -> Iterator[None]:
+        """Report the DynamoDB work of the block to `metrics`: how long it took, and how it
+        failed when it raised a DynamoDB failure (raw, or as ConditionFailed,
+        TransactionCanceled or Unavailable). A block that fails for another reason (the
+        caller's own checks) is not a DynamoDB call's outcome and is not reported."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        except BaseException as exc:
+            kind = _failure_kind(exc)
+            if kind is not None:
+                self.metrics.dynamodb_call(action, time.perf_counter() - t0, kind)
+            raise
+        self.metrics.dynamodb_call(action, time.perf_counter() - t0, None)
+
+    @contextmanager
+    def operation(self, action: str) -> Iterator[None]:
+        """`operation(action)`, timed and reported to `metrics`."""
+        with self.timed(action), operation(action):
+            yield
+
+    def paginate(
+        self,
+        fetch: Callable[..., Iterable[M]],
+        *,
+        limit: int,
+        start: Mapping[str, Any] | None,
+        key: CursorKey,
+        convert: Callable[[M], Any],
+        action: str,
+    ) -> Page:
+        """`paginate(...)`, its DynamoDB read timed and reported to `metrics`."""
+        with self.timed(action):
+            return paginate(
+                fetch, limit=limit, start=start, key=key, convert=convert, action=action
+            )
+
     # ------------------------------------------------------------ items
 
     def get(self, model: type[M], hash_key: Any, range_key: Any = None, *, action: str) -> M | None:
         """The item as stored now (a consistent read), or None."""
-        with operation(action):
+        with self.timed(action), operation(action):
             try:
                 return model.get(hash_key, range_key, consistent_read=True)
             except DoesNotExist:
@@ -394,7 +453,7 @@ class Store:
 
     def put(self, item: Model, *, action: str, condition: Condition | None = None) -> None:
         """Put the whole item if `condition` holds; ConditionFailed otherwise."""
-        with _conditional(action):
+        with self.timed(action), _conditional(action):
             item.save(condition=condition)
 
     def update(
@@ -407,13 +466,13 @@ class Store:
     ) -> M:
         """Apply `actions` to the item with `item`'s key if `condition` holds; `item` becomes
         the stored item. ConditionFailed otherwise."""
-        with _conditional(action):
+        with self.timed(action), _conditional(action):
             item.update(actions=actions, condition=condition)
         return item
 
     def delete(self, item: Model, *, action: str, condition: Condition | None = None) -> None:
         """Delete the item with `item`'s key if `condition` holds; ConditionFailed otherwise."""
-        with _conditional(action):
+        with self.timed(action), _conditional(action):
             item.delete(condition=condition)
 
     @contextmanager
@@ -421,7 +480,8 @@ class Store:
         """Collect a transaction's items in the block; commit them when it ends without error."""
         tx = Transaction(self.models.connection)
         yield tx
-        tx.commit(action)
+        with self.timed(action):
+            tx.commit(action)
 
     # ------------------------------------------------------------ scans
 
@@ -464,9 +524,11 @@ class Store:
         """One page from `start` (items, the key to go on from, the page size that worked)."""
         policy = self.scan_policy
         asked = [size]
+        retries = [0]
 
         def failed(state: RetryCallState) -> None:
             self._count("scan_page_retries")
+            retries[0] += 1
             exc = state.outcome.exception() if state.outcome else None
             asked[0] = max(policy.min_page_size, asked[0] // 2)
             log.warning(
@@ -487,7 +549,7 @@ class Store:
             before_sleep=failed,
             reraise=True,
         )
-        with operation(action):
+        with self.timed(action), operation(action):
             for attempt in retrying:
                 with attempt:
                     pages = model.scan(
@@ -499,6 +561,7 @@ class Store:
                     ).page_iter
                     raw = next(pages)
         self._count("scan_pages")
+        self.metrics.scan_page(retries[0])
         items = [model.from_raw_data(data) for data in raw.get("Items", [])]
         return items, pages.last_evaluated_key, asked[0]
 

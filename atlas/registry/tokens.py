@@ -14,7 +14,7 @@ from atlas.errors import Conflict, NotFound
 from atlas.registry.models import TokenModel
 from atlas.registry.records import Page, ServiceToken
 from atlas.registry.service import Registry
-from atlas.registry.store import CursorKey, TransactionCanceled, operation, paginate
+from atlas.registry.store import CursorKey, TransactionCanceled
 
 TOKEN_PREFIX = "atl_"
 CACHE_ENTRIES = 10_000
@@ -93,7 +93,7 @@ class TokenStore:
         """One page of a service's tokens (ids and metadata only), ordered by id."""
         start = TOKEN_CURSOR.decode(cursor, service=service)
         self.registry.get_service(service)
-        return paginate(
+        return self.store.paginate(
             lambda **kw: self.models.Token.by_service.query(service, **kw),
             limit=limit,
             start=start,
@@ -104,7 +104,7 @@ class TokenStore:
 
     def revoke(self, service: str, tid: str) -> None:
         """Revoke one token of a service by its id; 404 if there is none."""
-        with operation("revoking the token"):
+        with self.store.operation("revoking the token"):
             found = list(self.models.Token.by_service.query(service, self.models.Token.id == tid))
         if not found:
             self.registry.get_service(service)

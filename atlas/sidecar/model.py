@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from functools import cached_property, lru_cache
 from typing import Any
 
 from atlas.contract import (
     DEFAULT_WEIGHT,
+    INSTANCE_DRAIN,
+    INSTANCE_SLOW_START,
     PORT_MAX,
     PORT_MIN,
     WEIGHT_MAX,
@@ -18,6 +22,8 @@ from atlas.contract import (
     is_ipv6,
     is_service_name,
     normalize_host,
+    parse_drain,
+    parse_slow_start,
     split_instance_id,
 )
 
@@ -40,13 +46,15 @@ class Instance:
     enabled: bool = True
     weight: int = DEFAULT_WEIGHT
     address: str = ""  # where to connect; the identity host when empty
+    drain: bool = False  # no new requests (HAProxy `drain`); runtime state, not in the config
+    slow_start_s: int = 0  # HAProxy `slowstart` after an enable; 0: none
 
-    @property
+    @cached_property
     def key(self) -> str:
         """The instance identity, `host:port` (IPv6 hosts in brackets, as in its znode name)."""
         return instance_id(self.host, self.port)
 
-    @property
+    @cached_property
     def target(self) -> str:
         """The `addr:port` HAProxy connects to (IPv6 in brackets)."""
         addr = self.address or self.host
@@ -63,10 +71,25 @@ class Service:
     # How many instances Atlas says the service has (its node's `instances`), None if unsaid.
     # 0 means emptied on purpose, which the last-known-good guard must not hold back.
     declared: int | None = field(default=None, compare=False)
+    # The ZooKeeper index of the service's latest change in the view it was read from.
+    index: int = field(default=0, compare=False)
 
     def instance_map(self) -> dict[str, Instance]:
         """Instances by `host:port`."""
         return {i.key: i for i in self.instances}
+
+    @cached_property
+    def server_ids(self) -> dict[str, int]:
+        """Stable numeric HAProxy server ids from host:port (collisions probed in order)."""
+        ids: dict[str, int] = {}
+        used: set[int] = set()
+        for inst in self.instances:
+            sid = zlib.crc32(inst.key.encode()) % 1_000_000_000 + 1
+            while sid in used:
+                sid = sid % 1_000_000_000 + 1
+            used.add(sid)
+            ids[inst.key] = sid
+        return ids
 
     def with_instances(self, instances: tuple[Instance, ...]) -> Service:
         """A copy with other instances (sorted)."""
@@ -144,9 +167,14 @@ def parse_health_check(value: Any) -> HealthCheck | None:
     )
 
 
+# Pure and called per change with the same few thousand names: remembered.
+_split_id = lru_cache(maxsize=1 << 16)(split_instance_id)
+_normalize = lru_cache(maxsize=1 << 16)(normalize_host)
+
+
 def parse_instance(node_name: str, data: bytes | None) -> tuple[Instance | None, str | None]:
     """Parse one instance znode (Curator + Synapse + Atlas fields); returns (instance, warning)."""
-    parsed = split_instance_id(node_name)
+    parsed = _split_id(node_name)
     if parsed is None:
         return None, f"instance node {node_name!r}: name is not <host>:<port>"
     host, port = parsed
@@ -154,7 +182,7 @@ def parse_instance(node_name: str, data: bytes | None) -> tuple[Instance | None,
     if obj is None:
         return None, f"instance node {node_name!r}: data is not a JSON object"
     raw_address = obj.get("host", obj.get("address"))
-    address = normalize_host(raw_address) if isinstance(raw_address, str) else None
+    address = _normalize(raw_address) if isinstance(raw_address, str) else None
     if address is None:
         address = host
     data_port = _port(obj.get("port"))
@@ -177,17 +205,17 @@ def parse_instance(node_name: str, data: bytes | None) -> tuple[Instance | None,
             enabled=enabled,
             weight=weight,
             address="" if address == host else address,
+            drain=parse_drain(obj.get(INSTANCE_DRAIN)),
+            slow_start_s=parse_slow_start(obj.get(INSTANCE_SLOW_START)),
         ),
         None,
     )
 
 
-def parse_service(
-    name: str, data: bytes | None, children: Mapping[str, bytes | None]
-) -> tuple[Service | None, list[str]]:
-    """Parse a service znode and its instance children; returns (service, warnings)."""
-    if not is_service_name(name):
-        return None, [f"service node {name!r}: not a valid service name, ignored"]
+def parse_service_node(
+    name: str, data: bytes | None
+) -> tuple[HealthCheck | None, int | None, list[str]]:
+    """A service node's own data: (health check, declared instance count, warnings)."""
     warnings: list[str] = []
     obj = _load_json(data)
     health: HealthCheck | None = None
@@ -202,6 +230,19 @@ def parse_service(
         count = obj.get("instances")
         if isinstance(count, int) and not isinstance(count, bool) and count >= 0:
             declared = count
+    return health, declared, warnings
+
+
+def parse_service(
+    name: str, data: bytes | None, children: Mapping[str, bytes | None], index: int = 0
+) -> tuple[Service | None, list[str]]:
+    """Parse a service znode and its instance children; returns (service, warnings).
+
+    `index` is the ZooKeeper index of the service's latest change, carried along (not compared).
+    """
+    if not is_service_name(name):
+        return None, [f"service node {name!r}: not a valid service name, ignored"]
+    health, declared, warnings = parse_service_node(name, data)
     instances: list[Instance] = []
     for child, child_data in children.items():
         inst, warning = parse_instance(child, child_data)
@@ -209,7 +250,7 @@ def parse_service(
             warnings.append(f"service {name!r}: {warning}")
         if inst is not None:
             instances.append(inst)
-    service = Service(name=name, health_check=health, declared=declared)
+    service = Service(name=name, health_check=health, declared=declared, index=index)
     return service.with_instances(tuple(instances)), warnings
 
 

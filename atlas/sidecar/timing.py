@@ -1,4 +1,8 @@
-"""Debounce and reload pacing, driven by an injected clock so tests never sleep."""
+"""Debounce and reload pacing, driven by an injected clock so tests never sleep.
+
+Not thread-safe: each object belongs to the loop (the Debouncer is poked under the loop's
+condition lock by the watcher thread, and read under it).
+"""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ class Debouncer:
         self._first: float | None = None
         self._last: float | None = None
         self._taken: float | None = None
+        self._undo: tuple[float | None, float | None, float | None] | None = None
 
     def poke(self, now: float) -> None:
         """Record a change at `now`."""
@@ -46,9 +51,21 @@ class Debouncer:
         deadline = self.deadline()
         if deadline is None or now < deadline:
             return False
+        self._undo = (self._first, self._last, self._taken)
         self._first = self._last = None
         self._taken = now
         return True
+
+    def untake(self) -> None:
+        """Undo the last `take` (nothing could be taken after all): pending again, as before."""
+        if self._undo is not None:
+            first, last, taken = self._undo
+            if first is not None:
+                self._first = first if self._first is None else min(first, self._first)
+            if self._last is None:
+                self._last = last
+            self._taken = taken
+            self._undo = None
 
 
 class ReloadPacer:

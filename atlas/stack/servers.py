@@ -200,7 +200,9 @@ class MotoServer:
 class AtlasServer:
     """Atlas under real gunicorn with `atlas.gunicorn_conf`, configured by ATLAS_* variables.
 
-    Everything gunicorn and the app log (access log included) goes to `<base_dir>/<name>.log`.
+    Everything gunicorn and the app log (access log included) goes to `<base_dir>/<name>.log`;
+    the workers' metric files to `<base_dir>/<name>-metrics` (emptied at every start), unless
+    `env` names a PROMETHEUS_MULTIPROC_DIR of its own.
     """
 
     def __init__(
@@ -219,8 +221,10 @@ class AtlasServer:
         self.base_dir = Path(base_dir)
         self.port = port or free_port()
         full_env = dict(os.environ)
+        full_env["PROMETHEUS_MULTIPROC_DIR"] = str(self.base_dir / f"{name}-metrics")
         full_env.update(env)
         self.env = full_env
+        self.metrics_dir = Path(full_env["PROMETHEUS_MULTIPROC_DIR"])
         argv = [
             sys.executable, "-m", "gunicorn",
             "--config", "python:atlas.gunicorn_conf",

@@ -205,7 +205,10 @@ def start_sidecar(
             [sys.executable, "-m", "atlas.sidecar.cli", "--zk", zk_server.address,
              "--realm", realm, "--port", str(port), "--status-port", str(status_port),
              "--state-dir", str(state), "--reload-min-interval", "0.2",
-             "--reload-jitter", "0.1"],
+             "--reload-jitter", "0.1",
+             # Every service in a backend of its own name (no spare backends), and HAProxy
+             # stopped with the sidecar.
+             "--spares", "0", "--stop-haproxy-on-exit"],
             state / "sidecar.log",
         )  # fmt: skip
         proc.start()

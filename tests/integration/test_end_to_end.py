@@ -59,7 +59,7 @@ def test_api_to_haproxy_through_the_smart_client(
         [sys.executable, "-m", "atlas.sidecar.cli", "--zk", zk_server.address, "--realm", realm,
          "--port", str(port), "--status-port", str(status_port),
          "--state-dir", str(tmp_path / "sc"), "--reload-min-interval", "0.2",
-         "--reload-jitter", "0.1"],
+         "--reload-jitter", "0.1", "--spares", "0", "--stop-haproxy-on-exit"],
         tmp_path / "sidecar.log",
     )  # fmt: skip
     sidecar.start()

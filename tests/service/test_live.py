@@ -72,7 +72,7 @@ def stack(
         [sys.executable, "-m", "atlas.sidecar.cli", "--zk", hosts, "--realm", "local",
          "--port", str(port), "--status-port", str(status_port),
          "--state-dir", str(Path(f"/tmp/asv-{uuid.uuid4().hex[:8]}")),
-         "--reload-min-interval", "0.2", "--reload-jitter", "0.1"],
+         "--reload-min-interval", "0.2", "--reload-jitter", "0.1", "--stop-haproxy-on-exit"],
         base / "sidecar.log",
     )  # fmt: skip
     sidecar.start()

@@ -2,75 +2,19 @@
 
 from __future__ import annotations
 
-import http.client
 import threading
 from pathlib import Path
 
 from atlas.sidecar.render import render
 from atlas.stack import ZooKeeperServer
-from tests.sidecar.conftest import Registry, wait_for
-
-
-class Load:
-    """Clients hammering services through HAProxy until stopped; failures recorded."""
-
-    def __init__(self, port: int, services: list[str], keepalive: bool) -> None:
-        self.port = port
-        self.services = services
-        self.keepalive = keepalive
-        self.ok = 0
-        self.last_body = b""
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _once(self, conn: http.client.HTTPConnection, service: str) -> int:
-        conn.request("GET", "/", headers={"Atlas-Service": service})
-        r = conn.getresponse()
-        self.last_body = r.read()
-        return r.status
-
-    def _run(self) -> None:
-        conn: http.client.HTTPConnection | None = None
-        i = 0
-        while not self._stop.is_set():
-            service = self.services[i % len(self.services)]
-            i += 1
-            try:
-                if conn is None or not self.keepalive:
-                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-                try:
-                    status = self._once(conn, service)
-                except (http.client.HTTPException, OSError):
-                    # An idle keep-alive connection closed by an old worker: one retry, fresh.
-                    conn.close()
-                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-                    status = self._once(conn, service)
-                if status == 200:
-                    self.ok += 1
-                else:
-                    self.failures.append(f"{service}: HTTP {status} {self.last_body!r}")
-            except (http.client.HTTPException, OSError) as exc:
-                self.failures.append(f"{service}: {exc!r}")
-                conn = None
-            finally:
-                if conn is not None and not self.keepalive:
-                    conn.close()
-        if conn is not None:
-            conn.close()
-
-    def stop(self) -> None:
-        """Stop and join."""
-        self._stop.set()
-        self.thread.join(timeout=20)
+from tests.sidecar.conftest import Load, Registry, wait_for
 
 
 def test_new_services_under_load_lose_nothing(registry, backends, start_sidecar):
     base = backends("base")
     registry.service("base")
     registry.instance("base", base.port)
-    sc = start_sidecar()
+    sc = start_sidecar(spares=0)  # no spare backends: every new service is a reload
     loads = [Load(sc.port, ["base"], keepalive=False), Load(sc.port, ["base"], keepalive=True)]
     try:
         for n in range(4):
@@ -159,7 +103,7 @@ def test_broken_render_keeps_the_old_config(registry, backends, start_sidecar):
     a = backends("a")
     registry.service("a")
     registry.instance("a", a.port)
-    sc = start_sidecar(render_fn=render_fn)
+    sc = start_sidecar(render_fn=render_fn, spares=0)  # a new service needs a render
     cfg = (sc.state / "haproxy.cfg").read_text()
     reloads0, _, _ = sc.show_proc()
 

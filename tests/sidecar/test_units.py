@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from atlas.sidecar.core import Settings, Sidecar
+from atlas.sidecar.core import InlineExecutor, LoopSettings, Sidecar
 from atlas.sidecar.haproxy import parse_show_proc
 from atlas.sidecar.model import HealthCheck, Instance, Service, Snapshot, build_snapshot
-from atlas.sidecar.plan import guard, plan
+from atlas.sidecar.plan import guard, plan_changes
 from atlas.sidecar.render import RenderOptions, render
 from atlas.sidecar.timing import Debouncer, ReloadPacer
+from atlas.sidecar.watch import ViewChanges
 from tests.sidecar.conftest import Registry
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -150,7 +151,7 @@ def test_plan_uses_runtime_for_server_changes_and_reload_for_structure():
             (Instance("10.0.0.1", 1, enabled=False), Instance("10.0.0.1", 3, weight=5))
         )
     )
-    p = plan(old, new)
+    p = plan_changes(old, new)
     assert not p.needs_reload
     assert sorted(op.kind for op in p.ops) == ["add", "delete", "state"]
     assert p.after_runtime == new
@@ -158,11 +159,13 @@ def test_plan_uses_runtime_for_server_changes_and_reload_for_structure():
     assert add.commands[0].startswith("add server a/10.0.0.1:3 10.0.0.1:3 id ")
     assert add.commands[-1] == "enable server a/10.0.0.1:3"
 
-    assert plan(old, snap(svc("a", 1, 2), svc("b", 1))).needs_reload  # new service
-    assert plan(old, snap(svc("a", 1, 2, hc=HealthCheck("/h")))).needs_reload  # health check
-    assert plan(old, snap()).needs_reload  # deleted service
-    assert plan(None, old).needs_reload  # unknown running state
-    assert plan(old, old) == plan(old, old) and not plan(old, old).ops
+    assert plan_changes(old, snap(svc("a", 1, 2), svc("b", 1))).needs_reload  # new service
+    assert plan_changes(
+        old, snap(svc("a", 1, 2, hc=HealthCheck("/h")))
+    ).needs_reload  # health check
+    assert plan_changes(old, snap()).needs_reload  # deleted service
+    assert plan_changes(None, old).needs_reload  # unknown running state
+    assert plan_changes(old, old) == plan_changes(old, old) and not plan_changes(old, old).ops
 
 
 def test_guard_holds_suddenly_empty_backends_until_grace():
@@ -197,12 +200,18 @@ def test_parse_show_proc():
 
 
 class FakeSource:
+    """Whole snapshots in, per-service changes out (as ZooKeeperSource.drain hands them)."""
+
     connected = True
     initialized = True
 
     def __init__(self) -> None:
         self.view = Snapshot()
+        self.drained = Snapshot()
         self.listener = lambda: None
+        self.deliberate: set[str] = set()
+        self.index = 0
+        self.reports: list[bytes] = []
 
     def set_listener(self, listener):  # type: ignore[no-untyped-def]
         self.listener = listener
@@ -213,15 +222,35 @@ class FakeSource:
 
     def maintain(self) -> None: ...
 
-    def snapshot(self):  # type: ignore[no-untyped-def]
-        return self.view, []
+    def resync(self) -> None:
+        self.drained = Snapshot()
+
+    def drain(self) -> ViewChanges:
+        old = {s.name: s for s in self.drained.services}
+        new = {s.name: s for s in self.view.services}
+        changes = ViewChanges(index=self.index)
+        for name in old.keys() | new.keys():
+            if old.get(name) != new.get(name):
+                changes.services[name] = new.get(name)
+        changes.deliberate = self.deliberate & set(changes.services)
+        self.drained = self.view
+        return changes
+
+    def publish_report(self, data: bytes) -> None:
+        self.reports.append(data)
+
+    def report_counters(self):  # type: ignore[no-untyped-def]
+        return {"writes": len(self.reports)}
 
     def publish(self, view: Snapshot) -> None:
         self.view = view
+        self.index += 1
         self.listener()
 
 
 class FakeProxy:
+    pid = 4242
+
     def __init__(self, path: Path, valid: bool = True) -> None:
         self.config_path = path
         self.valid = valid
@@ -229,20 +258,43 @@ class FakeProxy:
         self.commands: list[str] = []
         self.checks = 0
 
-    def start(self, timeout: float = 15.0) -> None: ...
+    def start(self, timeout: float = 15.0, takeover: int | None = None) -> None: ...
+
+    def adopt(self) -> bool:
+        return False
+
+    def leftover_pid(self) -> int | None:
+        return None
 
     def running(self) -> bool:
         return True
 
     def stop(self, timeout: float = 10.0) -> None: ...
 
+    def forget(self) -> None: ...
+
     def admin(self, command: str) -> str:
         self.commands.append(command)
         return "New server registered." if command.startswith("add ") else ""
 
-    def check(self, path: Path) -> tuple[bool, str]:
+    def admin_many(self, commands: list[str]) -> list[str]:
+        return [self.admin(c) for c in commands]
+
+    def check(self, path: Path, timeout: float | None = None) -> tuple[bool, str]:
         self.checks += 1
         return self.valid, "" if self.valid else "[ALERT] broken"
+
+    def show_proc(self, timeout: float = 5.0):  # type: ignore[no-untyped-def]
+        return self.reloads, 0, [1000 + self.reloads]
+
+    def servers_state(self, backend: str | None = None) -> list:  # type: ignore[type-arg]
+        return []
+
+    def show_map(self, path: str) -> dict[str, str]:
+        return {}
+
+    def version(self) -> str:
+        return "2.6-fake"
 
     def reload(self, timeout: float = 15.0) -> int:
         self.reloads += 1
@@ -278,10 +330,23 @@ class Clock:
 @pytest.fixture
 def loop(tmp_path: Path):  # type: ignore[no-untyped-def]
     clock, source, proxy = Clock(), FakeSource(), FakeProxy(tmp_path / "haproxy.cfg")
-    settings = Settings(
-        debounce_s=0.05, debounce_max_s=0.5, reload_min_interval_s=2.0, reload_jitter_s=1.0
+    settings = LoopSettings(
+        debounce_s=0.05,
+        debounce_max_s=0.5,
+        reload_min_interval_s=2.0,
+        reload_jitter_s=1.0,
+        file_sync_delay_s=0.0,  # the file follows runtime changes in the same step
+        drain_shutdown_s=0.0,  # a busy removed server has its sessions cut at once
     )
-    sc = Sidecar(source, proxy, RenderOptions(), settings, clock=clock, rng=lambda: 0.5)
+    sc = Sidecar(
+        source,
+        proxy,
+        RenderOptions(),
+        settings,
+        clock=clock,
+        rng=lambda: 0.5,
+        executor=InlineExecutor(),
+    )
     sc.boot()
     return sc, clock, source, proxy
 
@@ -394,9 +459,7 @@ def test_busy_server_is_drained_not_reloaded(loop):  # type: ignore[no-untyped-d
 
 def test_instances_are_added_before_old_ones_are_deleted() -> None:
     """Replacing every instance of a backend never passes through an empty backend."""
-    from atlas.sidecar.plan import plan
-
-    p = plan(snap(svc("a", 1)), snap(svc("a", 2)))
+    p = plan_changes(snap(svc("a", 1)), snap(svc("a", 2)))
     assert [op.kind for op in p.ops] == ["add", "delete"]
 
 
