@@ -30,8 +30,8 @@ $(STAMP): pyproject.toml
 
 install: deps $(STAMP)
 
-run: install  ## the local stack in the foreground; Ctrl-C stops everything
-	$(BIN)/atlas dev
+run: install  ## the local stack in the foreground; Ctrl-C stops everything (ARGS='--fresh ...')
+	$(BIN)/atlas dev $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check atlas tests bench migrations

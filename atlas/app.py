@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import socket
 import threading
 import time
 import weakref
@@ -24,6 +25,8 @@ from atlas.errors import AtlasError
 from atlas.metrics import web as metrics_web
 from atlas.metrics.instruments import AtlasMetrics
 from atlas.mirror import Reconciler, ZkMirror
+from atlas.mirror.reconciler import realm_view
+from atlas.mirror.zk import ZK_ERRORS
 from atlas.registry import Mirror, Registry, build_models_for
 from atlas.registry.audit import AuditLog
 from atlas.registry.config import ConfigStore
@@ -35,6 +38,13 @@ from atlas.view import IndexedMirror, ZkView
 from atlas.view import index as write_index
 
 log = logging.getLogger(__name__)
+
+REALM_VIEW_TIMEOUT_S = 2.0
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
 
 # Extensions whose background work runs in this process, held weakly: an app a test drops
 # can be garbage-collected; one still alive at interpreter exit is closed then.
@@ -206,13 +216,24 @@ class AtlasExtension:
             log.info("background work stopped in process %s", os.getpid())
 
     def info(self, principal: Principal | None = None) -> dict[str, Any]:
-        """The body of GET /v1/info."""
+        """The body of GET /v1/info: the realm's facts (`reconciler`: the same whichever process
+        answers) and this process's own (`process`, and its `mirror` counters)."""
+        mirror = self.registry.mirror.status()
+        uptime = round(time.time() - self.started, 3)
         return {
             "realm": self.settings.realm,
             "version": __version__,
             "auth": "disabled (local realm)" if self.settings.auth_disabled else "bearer",
-            "uptime_s": round(time.time() - self.started, 3),
-            "mirror": self.registry.mirror.status(),
+            "uptime_s": uptime,
+            "process": {
+                "pid": os.getpid(),
+                "id": self.identifier,
+                "leads": bool(mirror.get("leader")),
+                "started_at": _iso(self.started),
+                "uptime_s": uptime,
+            },
+            "mirror": mirror,
+            "reconciler": self.realm_view(),
             "view": self.view_status(),
             "caller": {"kind": principal.kind, "token_id": principal.token_id}
             if principal
@@ -227,6 +248,26 @@ class AtlasExtension:
         body["reads"] = self.reads.snapshot()
         body["token_cache"] = dict(self.tokens.counters)
         return body
+
+    @property
+    def identifier(self) -> str:
+        """This process's name in the reconciler election (`host:pid`)."""
+        if self.reconciler is not None:
+            return self.reconciler.identifier
+        return f"{socket.gethostname()}:{os.getpid()}"
+
+    def realm_view(self) -> dict[str, Any]:
+        """The realm's reconciler as ZooKeeper has it (who leads, the leader's last reconcile);
+        `known: false` with the reason when ZooKeeper cannot tell now."""
+        if not isinstance(self.mirror, ZkMirror):
+            return {"known": False, "reason": "no ZooKeeper mirror configured"}
+        if not self.mirror.connected:
+            return {"known": False, "reason": "ZooKeeper is not connected"}
+        try:
+            view = realm_view(self.mirror.client, self.mirror.layout, REALM_VIEW_TIMEOUT_S)
+        except ZK_ERRORS as exc:
+            return {"known": False, "reason": f"ZooKeeper did not answer: {exc!r}"[:200]}
+        return {"known": True, **view}
 
     def readiness(self) -> tuple[dict[str, Any], int]:
         """The body and status of GET /readyz: DynamoDB must answer; mirror lag is reported."""

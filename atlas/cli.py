@@ -9,7 +9,6 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import click
@@ -17,6 +16,8 @@ import click
 from atlas import __version__
 from atlas.admin.cli import COMMANDS as ADMIN_COMMANDS
 from atlas.config import SETTINGS_CLASSES, ConfigError, ServeSettings, Settings
+from atlas.devstack import dev
+from atlas.envvars import COMPONENTS, LOG_LEVEL, click_documented
 from atlas.logs import configure
 from atlas.service.scaffold import new_service
 
@@ -37,7 +38,7 @@ class AtlasGroup(click.Group):
 @click.version_option(__version__, prog_name="atlas")
 def cli() -> None:
     """Atlas, the cluster registry. Settings are ATLAS_* variables: see `atlas settings`."""
-    configure(os.environ.get("ATLAS_LOG_LEVEL", "INFO"))
+    configure(LOG_LEVEL.read())
 
 
 @cli.command()
@@ -46,9 +47,7 @@ def migrate(dry_run: bool) -> None:
     """Apply pending DynamoDB migrations (idempotent; safe when two run at once)."""
     from atlas.migrate import Migrator
 
-    settings = Settings.from_env()
-    directory = Path(settings.migrations_dir) if settings.migrations_dir else None
-    migrator = Migrator(settings, directory=directory)
+    migrator = Migrator(Settings.from_env())
     if dry_run:
         for m in migrator.pending():
             click.echo(f"pending {m.id}")
@@ -77,47 +76,6 @@ def serve(bind: str | None, workers: int | None, threads: int | None, preload: b
 
 @cli.command()
 @click.option(
-    "--data-dir",
-    envvar="ATLAS_DEV_DATA",
-    default=".atlas-data",
-    show_default=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Logs, ZooKeeper data and sidecar state.  [env: ATLAS_DEV_DATA]",
-)
-@click.option("--api-port", default=8080, show_default=True, help="Atlas API (gunicorn).")
-@click.option("--dynamodb-port", default=8000, show_default=True, help="moto: DynamoDB and KMS.")
-@click.option("--zk-port", default=2181, show_default=True, help="ZooKeeper client port.")
-@click.option(
-    "--sidecar-port",
-    default=4000,
-    show_default=True,
-    help="HAProxy of the sidecar; its status page is on the next port.",
-)
-@click.option("--no-seed", is_flag=True, help="Do not create the example service.")
-def dev(
-    data_dir: Path,
-    api_port: int,
-    dynamodb_port: int,
-    zk_port: int,
-    sidecar_port: int,
-    no_seed: bool,
-) -> None:
-    """Run the local stack on 127.0.0.1 (moto, ZooKeeper, Atlas, sidecar) until Ctrl-C."""
-    from atlas.devstack import DevStack
-
-    stack = DevStack(
-        data_dir=data_dir.resolve(),
-        api_port=api_port,
-        dynamodb_port=dynamodb_port,
-        zk_port=zk_port,
-        sidecar_port=sidecar_port,
-        seed=not no_seed,
-    )
-    sys.exit(stack.run())
-
-
-@cli.command()
-@click.option(
     "--timeout", default=15.0, show_default=True, help="Seconds to wait for a ZooKeeper session."
 )
 def reconcile(timeout: float) -> None:
@@ -137,22 +95,54 @@ def reconcile(timeout: float) -> None:
         mirror.stop()
 
 
+Rows = list[tuple[str, str, str]]
+
+
+def settings_sections() -> list[tuple[str, Rows]]:
+    """(component, [(variable, default, meaning)]) of every part of Atlas, each from its own
+    declaration: the server's settings classes, `atlas dev`'s and the sidecar's click options,
+    the client side's `atlas.envvars` components."""
+    sections: list[tuple[str, Rows]] = [(cls.title, cls.documented()) for cls in SETTINGS_CLASSES]
+    sections.append(
+        ("Local stack (atlas dev; every flag: atlas dev --help)", click_documented(dev))
+    )
+    from atlas.sidecar import cli as sidecar_cli
+
+    sidecar_main = getattr(sidecar_cli, "main", None)
+    if isinstance(sidecar_main, click.Command):
+        sections.append(("Sidecar (atlas-sidecar)", click_documented(sidecar_main)))
+    else:
+        sections.append(
+            ("Sidecar (atlas-sidecar; its flags and variables: atlas-sidecar --help)", [])
+        )
+    sections += [(c.title, c.documented()) for c in COMPONENTS]
+    return sections
+
+
 @cli.command("settings")
 def show_settings() -> None:
-    """Print every ATLAS_* variable with its default and meaning."""
-    for cls in SETTINGS_CLASSES:
-        rows = cls.documented()
-        width = max(len(name) for name, _, _ in rows)
-        dwidth = max(len(default) for _, default, _ in rows)
-        click.echo(f"# {cls.title}")
-        for name, default, meaning in rows:
-            click.echo(f"{name:<{width}}  {default:<{dwidth}}  {meaning}".rstrip())
+    """Print every variable of every component with its default and meaning (a variable that
+    several components read is listed once, where it first appears)."""
+    listed: set[str] = set()
+    for title, rows in settings_sections():
+        click.echo(f"# {title}")
+        new = [row for row in rows if row[0] not in listed]
+        if new:
+            width = max(len(name) for name, _, _ in new)
+            dwidth = max(len(default) for _, default, _ in new)
+            for name, default, meaning in new:
+                click.echo(f"{name:<{width}}  {default:<{dwidth}}  {meaning}".rstrip())
+        shared = [name for name, _, _ in rows if name in listed]
+        if shared:
+            click.echo(f"(also reads {', '.join(shared)}: listed above)")
+        listed.update(name for name, _, _ in rows)
         click.echo()
 
 
 for _admin_command in ADMIN_COMMANDS:
     cli.add_command(_admin_command)
 cli.add_command(new_service)
+cli.add_command(dev)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

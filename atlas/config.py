@@ -18,15 +18,12 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from atlas.contract import REALM_RE
+from atlas.envvars import ConfigError
 
 ENV_PREFIX = "ATLAS_"
 TABLE_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
 URL_RE = re.compile(r"^https?://\S+$")
 BIND_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):\d{1,5}$|^unix:\S+$")
-
-
-class ConfigError(ValueError):
-    """A setting has a bad value; start-up must stop with this message."""
 
 
 class EnvironSource(PydanticBaseSettingsSource):
@@ -410,3 +407,4 @@ class ServeSettings(AtlasSettings):
 
 
 SETTINGS_CLASSES: tuple[type[AtlasSettings], ...] = (Settings, ServeSettings)
+__all__ = ["SETTINGS_CLASSES", "AtlasSettings", "ConfigError", "ServeSettings", "Settings"]

@@ -293,6 +293,9 @@ class Layout:
         self.services = f"{self.root}/services"
         self.config = f"{self.root}/config"
         self.election = f"{self.root}/reconciler"
+        # The leader's last reconcile report (numbers and times only), for every process's
+        # /v1/info: the realm's view, whichever process answers.
+        self.reconciled = f"{self.root}/reconciled"
         # One guard znode per service: every mirror commit checks and bumps it, which
         # serializes writers of one service. Guards survive a service's delete, not a wipe.
         self.guards = f"{self.root}/guards"

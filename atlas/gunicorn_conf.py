@@ -32,6 +32,7 @@ import logging
 from typing import Any
 
 from atlas.config import ServeSettings
+from atlas.envvars import LOG_LEVEL
 from atlas.logs import config_dict
 from atlas.metrics import multiproc as _multiproc
 
@@ -51,7 +52,7 @@ graceful_timeout = _serve.graceful_timeout_s
 control_socket_disable = True
 # With `logconfig_dict` set, gunicorn writes its access log through it: same format, same stream.
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms "%(a)s"'
-logconfig_dict = config_dict(os.environ.get("ATLAS_LOG_LEVEL", "INFO"))
+logconfig_dict = config_dict(LOG_LEVEL.read())
 
 log = logging.getLogger("atlas.gunicorn")
 

@@ -25,9 +25,9 @@ LOCK_TTL_S = 120.0
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
-def migrations_dir() -> Path:
-    """Where migration files live (ATLAS_MIGRATIONS_DIR, else the repo's migrations/)."""
-    return Path(os.environ.get("ATLAS_MIGRATIONS_DIR", str(DEFAULT_DIR)))
+def migrations_dir(settings: Settings) -> Path:
+    """Where migration files live: ATLAS_MIGRATIONS_DIR (a setting), else the repo's."""
+    return Path(settings.migrations_dir) if settings.migrations_dir else DEFAULT_DIR
 
 
 def dynamodb_client(settings: Settings) -> Any:
@@ -85,8 +85,8 @@ class Migration:
 
 
 def discover(directory: Path | None = None) -> list[Migration]:
-    """Load every NNNN_name.py migration in order."""
-    directory = directory or migrations_dir()
+    """Load every NNNN_name.py migration in order (of the repo's migrations/ by default)."""
+    directory = directory or DEFAULT_DIR
     found = []
     for path in sorted(directory.glob("[0-9][0-9][0-9][0-9]_*.py")):
         spec = importlib.util.spec_from_file_location(f"atlas_migration_{path.stem}", path)
@@ -113,7 +113,7 @@ class Migrator:
         self.client = client or dynamodb_client(settings)
         self.ctx = MigrationContext(self.client, settings.table_prefix)
         self.table = self.ctx.table("migrations")
-        self.directory = directory
+        self.directory = directory or migrations_dir(settings)
         self.clock = clock
         self.sleep = sleep
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"

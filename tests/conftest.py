@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from atlas.envvars import TESTS
 from atlas.stack import MotoServer, ZooKeeperServer
 from atlas.stack.servers import zookeeper_available
 
@@ -59,7 +60,7 @@ def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer
     Serialized (one request at a time), so it is linearizable like DynamoDB.
     ATLAS_TEST_MOTO_MODE=stock runs stock `moto.server` instead, to show what fails there.
     """
-    mode = os.environ.get("ATLAS_TEST_MOTO_MODE", "serialized")
+    mode = TESTS.get("ATLAS_TEST_MOTO_MODE")
     server = MotoServer(Path(tmp_path_factory.mktemp("moto")), mode=mode)
     server.start()
     yield server

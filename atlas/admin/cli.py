@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -28,12 +27,14 @@ from atlas.admin.api import segment as seg
 from atlas.admin.output import (
     ago,
     block,
+    describe_changes,
     emit_json,
     parse_duration,
     rfc3339,
     table,
 )
 from atlas.contract import instance_id, parse_instance_id
+from atlas.envvars import ADMIN_CLI, ConfigError
 from atlas.errors import ValidationFailed
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -156,8 +157,11 @@ def api_command(f: F) -> F:
 
 
 def _completion_api(ctx: click.Context) -> AdminApi:
-    url = ctx.params.get("url") or os.environ.get("ATLAS_URL") or DEFAULT_URL
-    token = ctx.params.get("token") or os.environ.get("ATLAS_TOKEN")
+    try:
+        url = ctx.params.get("url") or ADMIN_CLI.get("ATLAS_URL")
+        token = ctx.params.get("token") or ADMIN_CLI.get("ATLAS_TOKEN")
+    except ConfigError:
+        url, token = DEFAULT_URL, None  # a completion must never print an error
     return AdminApi(str(url), str(token) if token else None, timeout=2.0)
 
 
@@ -399,7 +403,7 @@ def services_ls(op: Op, with_counts: bool) -> None:
                 c = s["instances"]
                 row.insert(1, f"{c['enabled']}/{c['total']} enabled")
             rows.append(row)
-        return table(headers, rows)
+        return table(headers, rows, wide=("changes",))
 
     op.show(items, human)
 
@@ -1036,10 +1040,12 @@ def audit(op: Op, service: str | None, limit: int) -> None:
                 r.get("action"),
                 r.get("target"),
                 r.get("status"),
+                describe_changes(r.get("changes")),
             ]
             for r in items
         ]
-        return table(["at", "service", "who", "token", "action", "target", "status"], rows)
+        headers = ["at", "service", "who", "token", "action", "target", "status", "changes"]
+        return table(headers, rows, wide=("changes",))
 
     op.show(items, human)
 

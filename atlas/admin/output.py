@@ -15,7 +15,7 @@ DURATION_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 MAX_DURATION = timedelta(days=365)
 
 
-def cell(value: Any) -> str:
+def cell(value: Any, limit: int = MAX_CELL) -> str:
     """One table cell: `-` for nothing, yes/no for booleans, k=v for mappings, cut when long."""
     if value is None or value == "":
         text = "-"
@@ -28,12 +28,13 @@ def cell(value: Any) -> str:
     else:
         text = str(value)
     text = " ".join(text.split())  # no newline or tab may break the columns
-    return text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """An aligned plain-text table with a header line."""
-    cells = [[cell(v) for v in row] for row in rows]
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], wide: Sequence[str] = ()) -> str:
+    """An aligned plain-text table with a header line; `wide` columns are never cut."""
+    limits = [10**6 if h in wide else MAX_CELL for h in headers]
+    cells = [[cell(v, limits[i]) for i, v in enumerate(row)] for row in rows]
     widths = [len(h) for h in headers]
     for row in cells:
         for i, text in enumerate(row):
@@ -41,6 +42,28 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     lines = ["  ".join(h.upper().ljust(widths[i]) for i, h in enumerate(headers)).rstrip()]
     lines += ["  ".join(t.ljust(widths[i]) for i, t in enumerate(row)).rstrip() for row in cells]
     return "\n".join(lines)
+
+
+def describe_changes(changes: Sequence[Mapping[str, Any]] | None) -> str:
+    """An audit record's changes in one line: `owner: a → b; enabled: yes → no` (instances of
+    a host action first), `-` when the record has none."""
+    if not changes:
+        return "-"
+
+    def show(value: Any) -> str:
+        if value is None:
+            return "∅"
+        return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+    parts = []
+    for c in changes:
+        if "before" not in c:
+            extra = ", ".join(f"{k}={v}" for k, v in c.items() if k != "field")
+            parts.append(f"{c.get('field')} ({extra})")
+            continue
+        where = f"{c['instance']} " if c.get("instance") else ""
+        parts.append(f"{where}{c['field']}: {show(c['before'])} → {show(c['after'])}")
+    return "; ".join(parts)
 
 
 def block(pairs: Iterable[tuple[str, Any]]) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 from flask import Flask, Response, g, request
 from flask_restful import Api
 
+from atlas.api import audit as changes
 from atlas.api import config_resources as c
 from atlas.api import resources as r
 from atlas.api.auth import TOPOLOGY
@@ -61,11 +62,13 @@ def init_api(app: Flask) -> ProblemApi:
         scope = getattr(getattr(view, "view_class", None), "scope", TOPOLOGY)
         service = (request.view_args or {}).get("name")
         ext.authenticator.authorize(principal, r.request_is_write(), scope, service)
+        changes.capture_before(app)  # what a mutation's audit record compares against
 
     @app.after_request
     def audit(resp: Response) -> Response:
         # Every mutation by a known caller (refused ones too) and every response revealing
-        # secrets. Only names and ids are recorded: never bodies, values or tokens.
+        # secrets. Names, ids and the fields a mutation changed (atlas.api.audit) are recorded:
+        # never bodies, secret values or tokens.
         principal = g.get("principal")
         revealed = g.get("audit_secrets")
         if principal is None or not request.path.startswith("/v1/"):
@@ -76,10 +79,20 @@ def init_api(app: Flask) -> ProblemApi:
             rule = request.url_rule.rule if request.url_rule else request.path
             args = request.view_args or {}
             name = args.get("name")
+            if request.endpoint == "servicelist" and request.method == "POST":
+                name = changes.created_service(resp)  # the name is in the body
             # The service is the audit table's partition key: only a valid name goes there (a
             # 2 KiB junk name would make the whole batch, other callers' records too, fail).
             service = name if isinstance(name, str) and is_service_name(name) else None
             target = args.get("key") or args.get("instance") or args.get("host")
+            try:
+                changed = changes.changes(resp)
+            except Exception:
+                app.extensions["atlas"].audit.unrecorded_changes += 1
+                log.exception(
+                    "audit: what %s %s changed is unknown", request.method, request.path[:200]
+                )
+                changed = None
             app.extensions["atlas"].audit.record(
                 service=service,
                 principal=principal.kind,
@@ -92,6 +105,7 @@ def init_api(app: Flask) -> ProblemApi:
                 if revealed and resp.status_code < 300
                 else (str(target)[:256] if target else None),
                 remote_addr=request.remote_addr,
+                changes=changed,
             )
         except Exception:
             log.exception("audit record failed for %s %s", request.method, request.path[:200])

@@ -10,6 +10,7 @@ from typing import Any
 
 from flask import Response, current_app, g, request
 from flask_restful import Resource
+from marshmallow import Schema
 
 from atlas.api import schemas as s
 from atlas.api.freshness import Choice, choose, freshness
@@ -30,13 +31,17 @@ from atlas.contract import (
 )
 from atlas.errors import NotFound, PreconditionFailed, ValidationFailed
 from atlas.registry import Instance, Registry, Service
+from atlas.registry.records import HostChange
 from atlas.registry.service import INSTANCE_CURSOR, SERVICE_CURSOR
 from atlas.view import SERVICES, Snapshot, instances_key
 
 service_out = s.ServiceSchema()
 instance_out = s.InstanceSchema()
 host_out = s.HostSchema()
+host_change_out = s.HostChangeSchema()
 page_query = s.PageQuerySchema()
+instance_list_query = s.InstanceListQuerySchema()
+host_query = s.HostQuerySchema()
 delete_query = s.DeleteQuerySchema()
 service_create = s.ServiceCreateSchema()
 service_patch = s.ServicePatchSchema()
@@ -55,12 +60,14 @@ def registry() -> Registry:
     return reg
 
 
-def page_args(query: dict[str, str] | None = None) -> tuple[int, str | None]:
+def page_args(
+    query: dict[str, str] | None = None, schema: Schema = page_query
+) -> tuple[int, str | None]:
     """(limit, cursor) of a list request, with the configured default and maximum."""
     settings = current_app.extensions["atlas"].settings
     if not (request.args if query is None else query):
         return settings.page_limit_default, None  # nothing to validate: the common case
-    args = load_query(page_query, query)
+    args = load_query(schema, query)
     limit = args.get("limit", settings.page_limit_default)
     if limit > settings.page_limit_max:
         raise ValidationFailed(
@@ -237,13 +244,14 @@ class InstanceList(Resource):
         """List a service's instances (blocking with ?index=)."""
         check_service_name(name)
         fresh, rest = freshness(blocking=True)
-        limit, cursor = page_args(rest)
+        limit, cursor = page_args(rest, instance_list_query)
+        enabled = load_query(instance_list_query, rest).get("enabled") if rest else None
         start = INSTANCE_CURSOR.decode(cursor, service=name)
         choice = choose(fresh, instances_key(name), name)
         snap = choice.snapshot
         if snap is not None:
             entry = snap.services[name]
-            if start is None and limit >= len(entry.instances):
+            if start is None and enabled is None and limit >= len(entry.instances):
                 # The whole list in one page: its text is made once per entry.
                 text = render_cached(entry.memo, "all", lambda: {
                     "items": dumped_instances(snap, name), "next_cursor": None})  # fmt: skip
@@ -263,11 +271,13 @@ class InstanceList(Resource):
                 if last is not None
                 else None
             )
+            if enabled is not None:
+                page = [x for x in page if x["enabled"] is enabled]
             return {"items": page, "next_cursor": next_cursor}, 200, choice.headers()
         stored = registry().list_instances(name, limit, cursor)
         return (
             {
-                "items": [dump_instance(x) for x in stored.items],
+                "items": [dump_instance(x) for x in enabled_only(stored.items, enabled)],
                 "next_cursor": stored.next_cursor,
             },
             200,
@@ -342,6 +352,21 @@ class InstanceItem(Resource):
         return "", 204
 
 
+def enabled_only(items: list[Instance], enabled: bool | None) -> list[Instance]:
+    """`?enabled=`: the instances in that state (all when not given). A page filtered this
+    way may hold fewer than `limit` items; `next_cursor` still leads to the rest."""
+    return items if enabled is None else [i for i in items if i.enabled is enabled]
+
+
+def dump_host_change(host: str, change: HostChange) -> dict[str, Any]:
+    """Serialize a host-wide enable/disable."""
+    data: dict[str, Any] = host_change_out.dump(
+        {"host": host, "items": change.items, "changed": change.changed,
+         "unchanged": change.unchanged}
+    )  # fmt: skip
+    return data
+
+
 def _host(host: str) -> str:
     normalized = normalize_host(host)
     if normalized is None:
@@ -355,13 +380,18 @@ class HostItem(Resource):
     def get(self, host: str) -> Result:
         """Every instance on a host."""
         h = _host(host)
-        fresh, _ = freshness(blocking=False)
+        fresh, rest = freshness(blocking=False)
+        enabled = load_query(host_query, rest).get("enabled") if rest else None
         choice = choose(fresh, SERVICES, None)
         if choice.snapshot is not None:
             items = list(choice.snapshot.hosts().get(h, ()))
         else:
             items = registry().host_instances(h)
-        return host_out.dump({"host": h, "items": items}), 200, choice.headers()
+        return (
+            host_out.dump({"host": h, "items": enabled_only(items, enabled)}),
+            200,
+            choice.headers(),
+        )
 
 
 class HostDisable(Resource):
@@ -372,10 +402,10 @@ class HostDisable(Resource):
         h = _host(host)
         body = load_body(host_disable, required=False)
         force = load_query(force_query)["force"]
-        items = registry().set_host_enabled(
+        change = registry().change_host(
             h, False, body.get("reason"), until=body.get("disabled_until"), force=force
         )
-        return host_out.dump({"host": h, "items": items}), 200
+        return dump_host_change(h, change), 200
 
 
 class HostEnable(Resource):
@@ -385,8 +415,7 @@ class HostEnable(Resource):
         """Enable every instance on a host."""
         h = _host(host)
         load_body(host_action, required=False)
-        items = registry().set_host_enabled(h, True)
-        return host_out.dump({"host": h, "items": items}), 200
+        return dump_host_change(h, registry().change_host(h, True)), 200
 
 
 class Info(Resource):

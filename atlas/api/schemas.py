@@ -282,6 +282,20 @@ class HostSchema(Schema):
     items = fields.List(fields.Nested(InstanceSchema))
 
 
+class InstanceRefSchema(Schema):
+    """Which instance: its service and its id."""
+
+    service = fields.String()
+    id = fields.String()
+
+
+class HostChangeSchema(HostSchema):
+    """A host-wide enable/disable: every instance after it, which it changed, which it left."""
+
+    changed = fields.List(fields.Nested(InstanceRefSchema))
+    unchanged = fields.List(fields.Nested(InstanceRefSchema))
+
+
 #: A cursor is opaque, but always the unpadded base64url of a JSON object (`{"` is `eyJ`).
 CURSOR_RE = re.compile(r"^eyJ[A-Za-z0-9_-]{1,2045}$")
 
@@ -297,6 +311,23 @@ class PageQuerySchema(StrictSchema):
 
     limit = fields.Integer(validate=validate.Range(1, 1000))
     cursor = _cursor()
+
+
+def _enabled_filter() -> fields.Boolean:
+    return fields.Boolean(truthy={"true"}, falsy={"false"}, error_messages={
+        "invalid": "Must be true or false."})  # fmt: skip
+
+
+class InstanceListQuerySchema(PageQuerySchema):
+    """Query string of GET /v1/services/{name}/instances."""
+
+    enabled = _enabled_filter()
+
+
+class HostQuerySchema(StrictSchema):
+    """Query string of GET /v1/hosts/{host}."""
+
+    enabled = _enabled_filter()
 
 
 class DeleteQuerySchema(StrictSchema):
@@ -370,3 +401,4 @@ class AuditRecordSchema(Schema):
     target = fields.String(allow_none=True)
     status = fields.Integer()
     remote_addr = fields.String(allow_none=True)
+    changes = fields.List(fields.Dict(), allow_none=True)

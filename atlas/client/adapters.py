@@ -6,7 +6,6 @@ Stands in for ``requests.adapters``: its other names (``HTTPAdapter``,
 
 from __future__ import annotations
 
-import os
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -33,10 +32,11 @@ from atlas.client.retry import (
     timeout_total,
 )
 from atlas.contract import SERVICE_NAME_RE, is_service_name
+from atlas.envvars import CLIENT
 
 SERVICE_SCHEME = "service://"
-DEFAULT_SIDECAR_URL = "http://127.0.0.1:4000"
-DEFAULT_SERVICE_HEADER = "Atlas-Service"
+DEFAULT_SIDECAR_URL: str = CLIENT["ATLAS_SIDECAR_URL"].default
+DEFAULT_SERVICE_HEADER: str = CLIENT["ATLAS_SERVICE_HEADER"].default
 IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
 #: (connect, read) seconds for every call whose caller gives none (or ``timeout=None``).
 #: 3.05 s lets a connect survive two lost SYNs; ``timeout=(None, None)`` waits forever.
@@ -171,13 +171,11 @@ class ServiceAdapter(RequestIdAdapter):
         pool_maxsize: int = 32,
         pool_block: bool = False,
     ) -> None:
-        url = sidecar_url or os.environ.get("ATLAS_SIDECAR_URL") or DEFAULT_SIDECAR_URL
+        url = sidecar_url or CLIENT.get("ATLAS_SIDECAR_URL")  # ConfigError names a bad one
         if urlsplit(url).scheme not in ("http", "https"):
             raise ValueError(f"sidecar URL must be http(s)://host:port, got {url!r}")
         self.sidecar_url = url.rstrip("/")
-        self.service_header = (
-            service_header or os.environ.get("ATLAS_SERVICE_HEADER") or DEFAULT_SERVICE_HEADER
-        )
+        self.service_header = service_header or CLIENT.get("ATLAS_SERVICE_HEADER")
         if retries is None:
             retry: Retry = AtlasRetry()
         elif isinstance(retries, Retry):

@@ -33,14 +33,15 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from atlas.contract import Layout
+from atlas.envvars import CONFIG_CLIENT, ConfigError
 
 if TYPE_CHECKING:
     from flask import Flask
 
 log = logging.getLogger(__name__)
 
-DEFAULT_URL = "http://127.0.0.1:8080"
-DEFAULT_TIMEOUT_S = 2.0
+DEFAULT_URL: str = CONFIG_CLIENT["ATLAS_URL"].default
+DEFAULT_TIMEOUT_S: float = CONFIG_CLIENT["ATLAS_CONFIG_TIMEOUT_S"].default
 CACHE_FORMAT = 1
 
 __all__ = [
@@ -266,14 +267,21 @@ def load(
 ) -> ServiceSettings:
     """Defaults overridden by Atlas's values for the realm; the last-known-good copy if Atlas
     cannot be reached within `timeout`; raise ConfigLoadError / MissingSettings otherwise."""
-    url = atlas_url or os.environ.get("ATLAS_URL") or DEFAULT_URL
-    token = token if token is not None else os.environ.get("ATLAS_TOKEN")
-    if timeout is None:
-        timeout = float(os.environ.get("ATLAS_CONFIG_TIMEOUT_S", DEFAULT_TIMEOUT_S))
-    directory = Path(cache_dir or os.environ.get("ATLAS_CONFIG_CACHE_DIR") or _default_cache_dir())
-    aead = _cache_key(
-        cache_key if cache_key is not None else os.environ.get("ATLAS_CONFIG_CACHE_KEY")
-    )
+    try:  # arguments win; the environment as declared in atlas.envvars (one-line errors)
+        url = atlas_url or CONFIG_CLIENT.get("ATLAS_URL")
+        token = token if token is not None else CONFIG_CLIENT.get("ATLAS_TOKEN")
+        if timeout is None:
+            timeout = float(CONFIG_CLIENT.get("ATLAS_CONFIG_TIMEOUT_S"))
+        directory = Path(
+            cache_dir or CONFIG_CLIENT.get("ATLAS_CONFIG_CACHE_DIR") or _default_cache_dir()
+        )
+        if cache_key is not None:
+            aead = _cache_key(cache_key)
+        else:
+            key = CONFIG_CLIENT.get("ATLAS_CONFIG_CACHE_KEY")
+            aead = AESGCM(key) if key else None
+    except ConfigError as exc:
+        raise ConfigLoadError(str(exc)) from None
     cache = Cache(directory, service, aead)
     base = defaults_of(defaults)
 

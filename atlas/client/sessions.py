@@ -32,7 +32,7 @@ from atlas.client.adapters import (
     parse_service_url,
 )
 from atlas.client.parallel import DEFAULT_CONCURRENCY, gather
-from atlas.client.request_id import DEFAULT_HEADER as DEFAULT_REQUEST_ID_HEADER
+from atlas.envvars import CLIENT
 
 if TYPE_CHECKING:
     from requests.sessions import _Settings  # a TypedDict in types-requests only
@@ -73,11 +73,7 @@ class Session(requests.Session):
         concurrency: int = DEFAULT_CONCURRENCY,
     ) -> None:
         super().__init__()
-        header = (
-            request_id_header
-            or os.environ.get("ATLAS_REQUEST_ID_HEADER")
-            or DEFAULT_REQUEST_ID_HEADER
-        )
+        header = request_id_header or CLIENT.get("ATLAS_REQUEST_ID_HEADER")
         self.concurrency = concurrency
         self._executor: tuple[ThreadPoolExecutor, int] | None = None
         for prefix in ("https://", "http://"):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -11,13 +14,19 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import CancelledError, LockTimeout
+from kazoo.exceptions import CancelledError, LockTimeout, NodeExistsError, NoNodeError
 from kazoo.recipe.lock import Lock
 
+from atlas.contract import Layout
 from atlas.errors import AtlasError
 from atlas.mirror.zk import ZK_ERRORS, MirrorConflict, ZkMirror
 
 log = logging.getLogger(__name__)
+
+#: A contender node of kazoo's Lock: `<uuid>__lock__<sequence>`, ordered by the sequence.
+_CONTENDER_RE = re.compile(r"__lock__(-?\d{10})$")
+#: What the leader publishes of a reconcile report: numbers and times only.
+PUBLISHED_FIELDS = ("at", "duration_s", "services", "drift_found", "drift_fixed")
 
 
 class LeaderTask(Protocol):
@@ -72,6 +81,8 @@ class Reconciler:
         # The contender in progress, and the client it contends on (set by our thread only).
         self._lock: Lock | None = None
         self._lock_client: KazooClient | None = None
+        self.reconciles = 0  # reconciles this process ran as leader (published with the report)
+        self.publish_failures = 0  # reports that could not be published (each is logged)
         mirror.add_connect_listener(self._on_connect)
 
     def start(self) -> None:
@@ -191,8 +202,9 @@ class Reconciler:
                 if self._kick.is_set() or self.clock() >= next_run:
                     self._kick.clear()
                     try:
-                        self.mirror.reconcile()
+                        report = self.mirror.reconcile()
                         next_run = self.clock() + self.interval
+                        self._publish(client, report)
                     except (*ZK_ERRORS, MirrorConflict, AtlasError) as exc:
                         self.mirror.metrics.reconcile_failed("error")
                         log.warning("reconcile failed, retrying soon: %r", exc)
@@ -205,6 +217,60 @@ class Reconciler:
         finally:
             self._leading.clear()
             self.mirror.set_leader(False)
+
+    def _publish(self, client: KazooClient, report: dict[str, Any]) -> None:
+        """Put the report's numbers on `Layout.reconciled`, where every process reads them."""
+        self.reconciles += 1
+        data = {k: report[k] for k in PUBLISHED_FIELDS if k in report}
+        data["reconciles"] = self.reconciles
+        raw = json.dumps(data, sort_keys=True).encode()
+        path = self.mirror.layout.reconciled
+        timeout = self.mirror.timeout
+        try:
+            try:
+                client.set_async(path, raw).get(timeout=timeout)
+            except NoNodeError:
+                with contextlib.suppress(NodeExistsError):
+                    client.create_async(path, raw, makepath=True).get(timeout=timeout)
+        except ZK_ERRORS as exc:
+            # The report is a courtesy: the next reconcile publishes again.
+            self.publish_failures += 1
+            log.info("could not publish the reconcile report: %r", exc)
+
+
+def realm_view(client: KazooClient, layout: Layout, timeout: float) -> dict[str, Any]:
+    """The realm's reconciler as ZooKeeper holds it, the same for every process that asks: who
+    leads (the first contender of the election), who contends, the leader's last report.
+
+    Thread-safe; every call is bounded by `timeout`. Raises ZooKeeper's errors.
+    """
+    client.sync_async(layout.root).get(timeout=timeout)
+    try:
+        children = client.get_children_async(layout.election).get(timeout=timeout)
+    except NoNodeError:
+        children = []
+    ordered = sorted(
+        (m.group(1), child) for child in children if (m := _CONTENDER_RE.search(child))
+    )
+    pending = [client.get_async(f"{layout.election}/{child}") for _, child in ordered]
+    report_async = client.get_async(layout.reconciled)
+    contenders = []
+    for result in pending:
+        try:
+            data, _ = result.get(timeout=timeout)
+        except NoNodeError:
+            continue  # left the election meanwhile
+        contenders.append(data.decode("utf-8", "replace") if data else "")
+    try:
+        raw, _ = report_async.get(timeout=timeout)
+        last = json.loads(raw) if raw else None
+    except (NoNodeError, ValueError):
+        last = None
+    return {
+        "leader": contenders[0] if contenders else None,
+        "contenders": contenders,
+        "last_reconcile": last,
+    }
 
 
 def _session_id(client: KazooClient) -> int | None:

@@ -1,14 +1,20 @@
 """The audit trail: records are queued by the request and written in batches by a background
-thread, so recording costs the request nothing and a failing audit write never fails it."""
+thread, so recording costs the request nothing and a failing audit write never fails it.
+
+Each record of a mutation says what changed: a list of `{"field", "before", "after"}` (and
+`"instance"` on a host-wide action), built by `diff` from the resource before and after.
+Callers choose the fields: never a secret's value (config records key, version, secret flag).
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from atlas.registry.metrics import AuditMetrics, NullAuditMetrics
@@ -27,6 +33,56 @@ STORED_FIELDS = (
     "id", "at", "principal", "token_id", "action", "method", "path", "target", "status",
     "remote_addr",
 )  # fmt: skip
+#: Bounds of what a record keeps of a change (DynamoDB items hold 400 KB; a batch 16 MB).
+MAX_CHANGES = 64
+MAX_VALUE_CHARS = 1024
+TRUNCATED = "…"
+
+Change = dict[str, Any]
+EMPTY: tuple[Any, ...] = (None, "", [], {})
+
+
+def _bounded(value: Any) -> Any:
+    """A JSON value, or its JSON text cut to MAX_VALUE_CHARS when it is longer."""
+    text = json.dumps(value, sort_keys=True, default=str)
+    if len(text) <= MAX_VALUE_CHARS:
+        return value
+    return text[: MAX_VALUE_CHARS - 1] + TRUNCATED
+
+
+def diff(
+    before: Mapping[str, Any] | None,
+    after: Mapping[str, Any] | None,
+    fields: Sequence[str] | None = None,
+    skip: Iterable[str] = (),
+    **extra: Any,
+) -> list[Change]:
+    """The fields that differ between two representations of one resource (None: it did not
+    exist, or no longer does), in `fields` order (default: every field of either, in the
+    order the representations list them),
+    `skip` left out; each `{"field", "before", "after", **extra}`."""
+    old, new = before or {}, after or {}
+    names = list(fields) if fields is not None else [*new, *(k for k in old if k not in new)]
+    skipped = set(skip)
+    out = []
+    for name in names:
+        if name in skipped or (name not in old and name not in new):
+            continue
+        a, b = old.get(name), new.get(name)
+        if before is not None and after is not None and a == b:
+            continue
+        if (before is None and b in EMPTY) or (after is None and a in EMPTY):
+            continue  # created or deleted: only the fields that held something
+        out.append({"field": name, "before": _bounded(a), "after": _bounded(b), **extra})
+    return out
+
+
+def bounded_changes(changes: Sequence[Change]) -> list[Change]:
+    """At most MAX_CHANGES changes; past that, one `{"field": "…", "omitted": n}`."""
+    if len(changes) <= MAX_CHANGES:
+        return list(changes)
+    kept = list(changes[: MAX_CHANGES - 1])
+    return [*kept, {"field": TRUNCATED, "omitted": len(changes) - len(kept)}]
 
 
 class AuditLog:
@@ -49,6 +105,10 @@ class AuditLog:
         self._write_lock = threading.Lock()
         self.dropped = 0
         self.failed = 0
+        # Records written without their changes (each is logged): the resource could not be
+        # read before the write, or the change could not be worked out.
+        self.unread_before = 0
+        self.unrecorded_changes = 0
 
     def record(
         self,
@@ -62,8 +122,11 @@ class AuditLog:
         status: int,
         target: str | None = None,
         remote_addr: str | None = None,
+        changes: Sequence[Change] | None = None,
     ) -> AuditRecord:
-        """Queue one record (never raises; a full queue drops it with an error log)."""
+        """Queue one record (never raises; a full queue drops it with an error log).
+
+        `changes` must hold no secret values (see `diff`)."""
         rec = AuditRecord(
             id=uuid.uuid4().hex,
             at=self.registry.now(),
@@ -76,6 +139,7 @@ class AuditLog:
             target=target[:1024] if target else None,
             status=status,
             remote_addr=remote_addr,
+            changes=tuple(bounded_changes(changes)) if changes is not None else None,
         )
         self._ensure_thread()
         try:
@@ -141,6 +205,8 @@ class AuditLog:
         with self._write_lock, timed, model.batch_write() as writer:
             for r in batch:
                 fields = {name: getattr(r, name) for name in STORED_FIELDS}
+                if r.changes is not None:
+                    fields["changes"] = json.dumps(list(r.changes), sort_keys=True, default=str)
                 writer.save(model(r.service or NO_SERVICE, f"{r.at}#{r.id}", **fields))
 
     def _lost(self, batch: list[AuditRecord]) -> None:
@@ -179,7 +245,14 @@ class AuditLog:
     def _record(m: AuditModel) -> AuditRecord:
         fields: dict[str, Any] = {name: getattr(m, name) for name in STORED_FIELDS}
         fields["status"] = int(fields["status"])
-        return AuditRecord(service=None if m.service == NO_SERVICE else m.service, **fields)
+        raw = getattr(m, "changes", None)
+        try:
+            changes = tuple(json.loads(raw)) if raw else None
+        except ValueError:
+            changes = ({"field": TRUNCATED, "unreadable": True},)
+        return AuditRecord(
+            service=None if m.service == NO_SERVICE else m.service, changes=changes, **fields
+        )
 
     def list(self, service: str | None, limit: int, cursor: str | None = None) -> Page:
         """One page of records: of one service newest first, or of all in table order."""

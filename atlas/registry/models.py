@@ -192,6 +192,7 @@ class AuditModel(Model):
     target = UnicodeAttribute(null=True)
     status = NumberAttribute()
     remote_addr = UnicodeAttribute(null=True)
+    changes = UnicodeAttribute(null=True)  # JSON: what changed (never a secret's value)
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,16 @@ class DueExpiry:
 
 
 @dataclass(frozen=True)
+class HostChange:
+    """What a host-wide enable/disable did: every instance on the host as stored after it,
+    those it changed, and those it left as they were (already in the asked state)."""
+
+    items: list[Instance]
+    changed: list[Instance]
+    unchanged: list[Instance]
+
+
+@dataclass(frozen=True)
 class Page:
     """One page of a listing and the cursor of the next (None at the end)."""
 
@@ -136,3 +146,6 @@ class AuditRecord:
     target: str | None
     status: int
     remote_addr: str | None
+    # What changed: [{"field", "before", "after"} (+ "instance" on host actions)]; None when
+    # the record says nothing about it (a read, a refused request, an older record).
+    changes: tuple[dict[str, Any], ...] | None = None

@@ -22,6 +22,7 @@ from atlas.registry.models import (
 from atlas.registry.records import (
     DueExpiry,
     HealthCheck,
+    HostChange,
     Instance,
     Page,
     Service,
@@ -745,28 +746,47 @@ class Registry:
         until: datetime | None = None,
         force: bool = False,
     ) -> list[Instance]:
-        """Enable or disable every instance on a host; returns them as stored.
+        """Enable or disable every instance on a host; returns them as stored."""
+        return self.change_host(host, enabled, reason, until=until, force=force).items
 
-        A disable checks every service on the host against its min_enabled in one decision
-        and writes nothing when any refuses (409 naming each, unless `force`); instances
-        already disabled keep their reason and end. `until` makes it a timed disable.
+    def change_host(
+        self,
+        host: str,
+        enabled: bool,
+        reason: str | None = None,
+        until: datetime | None = None,
+        force: bool = False,
+    ) -> HostChange:
+        """Enable or disable every instance on a host; says which it changed and which it left.
+
+        A disable records its reason (default "host disabled") on every instance it disables
+        and on one disabled without a reason; an instance already disabled with a reason of
+        its own keeps it (and its end) and is left alone. It checks every service on the host
+        against its min_enabled in one decision and writes nothing when any refuses (409
+        naming each, unless `force`). `until` makes it a timed disable. An enable enables
+        every instance not already serving.
         """
         if not enabled:
             return self._disable_host(host, reason or "host disabled", until, force)
-        out = []
+        items: list[Instance] = []
+        changed: list[Instance] = []
+        left: list[Instance] = []
         for inst in self.host_instances(host):
             if inst.serving:
-                out.append(inst)
+                items.append(inst)
+                left.append(inst)
                 continue
             try:
-                out.append(self._modify_instance(inst.service, inst.id, {"enabled": True}))
+                stored = self._modify_instance(inst.service, inst.id, {"enabled": True})
             except NotFound:
                 continue  # detached meanwhile
-        return out
+            items.append(stored)
+            changed.append(stored)
+        return HostChange(items, changed, left)
 
     def _disable_host(
         self, host: str, reason: str, until: datetime | None, force: bool
-    ) -> list[Instance]:
+    ) -> HostChange:
         changes = self._with_until(
             {"enabled": False, "disabled_reason": reason, "disabled_until": until}
         )
@@ -809,7 +829,10 @@ class Registry:
                 raise MinEnabledRefused(refused)
             written: dict[tuple[str, str], Instance] = {}
             if self._commit_host(groups, model, written):
-                return [written.get((i.service, i.id), i) for i in listed]
+                items = [written.get((i.service, i.id), i) for i in listed]
+                changed = [i for i in items if (i.service, i.id) in written]
+                left = [i for i in items if (i.service, i.id) not in written]
+                return HostChange(items, changed, left)
         raise AssertionError("unreachable: race_retries raises when the attempts are spent")
 
     def _commit_host(

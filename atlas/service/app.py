@@ -12,9 +12,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 import flask
 from flask import Flask, Response
 
-from atlas.client import DEFAULT_REQUEST_ID_HEADER, Session
+from atlas.client import Session
 from atlas.client.config import (
-    DEFAULT_URL,
     ConfigLoadError,
     MissingSettings,
     ServiceSettings,
@@ -22,6 +21,7 @@ from atlas.client.config import (
     load,
 )
 from atlas.contract import check_service_name
+from atlas.envvars import SERVICE
 from atlas.service import logs
 from atlas.service.health import Health, database_check, redis_check
 from atlas.service.problems import ProblemApi, is_unexpected, problem_response
@@ -133,11 +133,9 @@ class SmartService(Flask):
 
         self.secret_keys = frozenset(k for k, v in defaults.items() if isinstance(v, Secret))
         self.declared_keys = frozenset(defaults)
-        self.atlas_url = (load_options or {}).get("atlas_url") or os.environ.get(
-            "ATLAS_URL", DEFAULT_URL
-        )
+        self.atlas_url = (load_options or {}).get("atlas_url") or SERVICE.get("ATLAS_URL")
         if offline is None:
-            offline = _truthy(os.environ.get("ATLAS_OFFLINE", ""))
+            offline = bool(SERVICE.get("ATLAS_OFFLINE"))
         self.settings = self._load(offline, load_options or {})
         self.atlas_keys = frozenset(self.settings) if not offline else frozenset()
         merged = {k: (str(v) if isinstance(v, Secret) else v) for k, v in defaults.items()}
@@ -151,10 +149,8 @@ class SmartService(Flask):
         logs.set_realm(self.realm)
         logging.getLogger().setLevel(str(self.config.get("LOG_LEVEL", "INFO")).upper())
 
-        header = (
-            self.config.get("ATLAS_REQUEST_ID_HEADER")
-            or os.environ.get("ATLAS_REQUEST_ID_HEADER")
-            or DEFAULT_REQUEST_ID_HEADER
+        header = self.config.get("ATLAS_REQUEST_ID_HEADER") or SERVICE.get(
+            "ATLAS_REQUEST_ID_HEADER"
         )
         self.wsgi_app = ServiceMiddleware(  # type: ignore[method-assign]
             self.wsgi_app, header, access_log=bool(self.config.get("ACCESS_LOG", True))
@@ -188,13 +184,13 @@ class SmartService(Flask):
 
     def _load(self, offline: bool, options: Mapping[str, Any]) -> ServiceSettings:
         if offline:
-            realm = os.environ.get("ATLAS_REALM", "local")
+            realm = SERVICE.get("ATLAS_REALM") or "local"
             return ServiceSettings(
                 {}, service=self.service_name, realm=realm, version=0, source="offline"
             )
         # Atlas's values alone (defaults merged by the caller): then we know which keys Atlas set.
         # ATLAS_REALM, when set, is the realm the process expects: another one is refused.
-        options = {"realm": os.environ.get("ATLAS_REALM") or None, **options}
+        options = {"realm": SERVICE.get("ATLAS_REALM"), **options}
         try:
             return load(self.service_name, defaults=None, **options)
         except MissingSettings:
@@ -277,9 +273,11 @@ class SmartService(Flask):
     # ------------------------------------------------------- registration
 
     def option(self, key: str, default: Any = None) -> Any:
-        """A deployment option: the environment variable, else the setting, else `default`."""
-        if key in os.environ:
-            return os.environ[key]
+        """A deployment option: the environment variable (as `atlas.envvars.SERVICE` declares
+        it: ConfigError naming it if bad), else the setting, else `default`."""
+        var = SERVICE[key]
+        if var.is_set():
+            return var.read()
         return self.config.get(key, default)
 
     def registers(self) -> bool:

@@ -29,6 +29,7 @@ import requests
 
 from atlas.client.config import DEFAULT_URL
 from atlas.contract import check_service_name
+from atlas.envvars import SERVICE
 from atlas.errors import ValidationFailed
 
 DIST_NAME = "atlas-registry"
@@ -74,9 +75,9 @@ def checkout_version(root: Path) -> str:
 
 def wheel_cache_dir() -> Path:
     """Where built wheels are kept: $ATLAS_WHEEL_CACHE, else $XDG_CACHE_HOME/atlas/wheels."""
-    env = os.environ.get("ATLAS_WHEEL_CACHE")
+    env: Path | None = SERVICE.get("ATLAS_WHEEL_CACHE")
     if env:
-        return Path(env)
+        return env
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "atlas" / "wheels"
 

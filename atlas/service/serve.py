@@ -33,6 +33,7 @@ from gunicorn.app.wsgiapp import WSGIApplication
 from gunicorn.arbiter import Arbiter
 from gunicorn.glogging import Logger as GunicornLogger
 
+from atlas.envvars import SERVICE
 from atlas.service import logs
 from atlas.service.registration import DEFAULT_DRAIN_S, Lifecycle, Registration
 
@@ -57,8 +58,8 @@ class JsonLogger(GunicornLogger):
 def advertised_host(bound: str) -> str:
     """The host to register: the bound address, unless it is a wildcard."""
     if bound in ("0.0.0.0", "::", ""):
-        return os.environ.get("ATLAS_ADVERTISE_HOST") or socket.getfqdn()
-    return os.environ.get("ATLAS_ADVERTISE_HOST") or bound
+        return SERVICE.get("ATLAS_ADVERTISE_HOST") or socket.getfqdn()
+    return SERVICE.get("ATLAS_ADVERTISE_HOST") or bound
 
 
 def lifecycle_for(app: Any, listeners: Sequence[Any]) -> Lifecycle:
@@ -73,7 +74,7 @@ def lifecycle_for(app: Any, listeners: Sequence[Any]) -> Lifecycle:
         log.warning("not registering in Atlas: no TCP listener")
         return Lifecycle(None)
     host, port = tcp[0][0], int(tcp[0][1])
-    token = app.option("ATLAS_REGISTER_TOKEN") or os.environ.get("ATLAS_TOKEN")
+    token = app.option("ATLAS_REGISTER_TOKEN") or SERVICE.get("ATLAS_TOKEN")
     registration = Registration(
         app.atlas_url,
         app.service_name,
@@ -121,8 +122,8 @@ class ServiceApplication(WSGIApplication):
     def load_default_config(self) -> None:
         """gunicorn's defaults, then ours (the command line and config files still win)."""
         super().load_default_config()
-        self.cfg.set("bind", [f"127.0.0.1:{os.environ.get('PORT', '0')}"])
-        self.cfg.set("workers", int(os.environ.get("WEB_CONCURRENCY", "2")))
+        self.cfg.set("bind", [f"127.0.0.1:{SERVICE.get('PORT')}"])
+        self.cfg.set("workers", SERVICE.get("WEB_CONCURRENCY"))
         self.cfg.set("worker_class", "gthread")
         self.cfg.set("threads", 4)
         self.cfg.set("preload_app", True)
@@ -155,6 +156,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of `atlas-service` (gunicorn's command line)."""
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
+    # A bad PORT / WEB_CONCURRENCY (a ConfigError) is one line: gunicorn prints "Error: ...".
     ServiceApplication("%(prog)s [OPTIONS] APP_MODULE", prog="atlas-service").run()
 
 

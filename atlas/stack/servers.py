@@ -47,6 +47,8 @@ class ZooKeeperServer:
         myid: int = 1,
         ensemble: list[tuple[int, int, int]] | None = None,
         heap_mb: int = 256,
+        env: dict[str, str] | None = None,
+        die_with_parent: bool = False,
     ) -> None:
         self.base_dir = Path(base_dir)
         self.port = port or free_port()
@@ -57,7 +59,11 @@ class ZooKeeperServer:
         self.data_dir = self.base_dir / "data"
         self.conf_dir = self.base_dir / "conf"
         self.process = ManagedProcess(
-            f"zookeeper-{myid}", self._argv(), self.base_dir / "zookeeper.log"
+            f"zookeeper-{myid}",
+            self._argv(),
+            self.base_dir / "zookeeper.log",
+            env={**os.environ, **env} if env else None,
+            die_with_parent=die_with_parent,
         )
 
     @property
@@ -138,13 +144,24 @@ class MotoServer:
     lose conditional writes under concurrency: only benchmarks and demonstrations use them.
     """
 
-    def __init__(self, base_dir: Path, port: int | None = None, mode: str = "serialized") -> None:
+    def __init__(
+        self,
+        base_dir: Path,
+        port: int | None = None,
+        mode: str = "serialized",
+        state_file: Path | None = None,
+        env: dict[str, str] | None = None,
+        die_with_parent: bool = False,
+    ) -> None:
         if mode not in MOTO_MODES:
             raise ValueError(f"moto mode must be one of {MOTO_MODES}, not {mode!r}")
+        if state_file is not None and mode != "serialized":
+            raise ValueError("a moto state file needs the serialized mode")
         self.base_dir = Path(base_dir)
         self.port = port or free_port()
         self.mode = mode
-        env = dict(os.environ)
+        self.state_file = state_file
+        env = {**os.environ, **(env or {})}
         env.setdefault("AWS_ACCESS_KEY_ID", "testing")
         env.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
         env.setdefault("AWS_DEFAULT_REGION", "us-east-1")
@@ -155,7 +172,11 @@ class MotoServer:
             argv += ["-p", str(self.port)]
             if mode == "unserialized":
                 argv.append("--unserialized")
-        self.process = ManagedProcess("moto", argv, self.base_dir / "moto.log", env=env)
+            if state_file is not None:
+                argv += ["--state-file", str(state_file)]
+        self.process = ManagedProcess(
+            "moto", argv, self.base_dir / "moto.log", env=env, die_with_parent=die_with_parent
+        )
 
     @property
     def url(self) -> str:
@@ -168,7 +189,7 @@ class MotoServer:
         wait_for_port(self.port, timeout=timeout, proc=self.process.proc)
 
     def stop(self) -> None:
-        """Stop moto server (everything it stored is lost)."""
+        """Stop moto server (what it stored is lost, unless it has a state file)."""
         self.process.stop()
 
     def kill(self) -> None:
@@ -195,6 +216,7 @@ class AtlasServer:
         name: str = "atlas",
         preload: bool = False,
         graceful_timeout: int = 5,
+        die_with_parent: bool = False,
     ) -> None:
         self.base_dir = Path(base_dir)
         self.port = port or free_port()
@@ -214,7 +236,9 @@ class AtlasServer:
         if preload:
             argv.append("--preload")
         self.log_path = self.base_dir / f"{name}.log"
-        self.process = ManagedProcess(name, [*argv, app], self.log_path, env=full_env)
+        self.process = ManagedProcess(
+            name, [*argv, app], self.log_path, env=full_env, die_with_parent=die_with_parent
+        )
 
     @property
     def url(self) -> str:

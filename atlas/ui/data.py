@@ -59,9 +59,12 @@ def services_overview(ext: AtlasExtension) -> list[dict[str, Any]]:
 
 
 def mirror_state(ext: AtlasExtension) -> dict[str, Any]:
-    """The mirror part of /v1/info (this process's view): what is known, None for the rest."""
-    status: Mapping[str, Any] = ext.info().get("mirror") or {}
-    last = status.get("last_reconcile")
+    """The mirror part of /v1/info: this process's view, with the realm's last reconcile (the
+    leader's, whichever process answers) when ZooKeeper tells it; None for what is unknown."""
+    info = ext.info()
+    status: Mapping[str, Any] = info.get("mirror") or {}
+    realm: Mapping[str, Any] = info.get("reconciler") or {}
+    last = realm.get("last_reconcile") if realm.get("known") else status.get("last_reconcile")
     drift = last.get("drift_found") if isinstance(last, Mapping) else None
     return {
         "configured": status.get("configured"),

@@ -23,7 +23,7 @@ from flask import (
 from flask.blueprints import BlueprintSetupState
 
 from atlas import __version__
-from atlas.admin.output import ago
+from atlas.admin.output import ago, describe_changes
 from atlas.api.auth import Principal
 from atlas.contract import HOST_RULE, normalize_host, parse_instance_id
 from atlas.errors import AtlasError, Unauthorized, ValidationFailed
@@ -59,6 +59,7 @@ def _setup(state: BlueprintSetupState) -> None:
     app.extensions["atlas_ui"] = configure(app, ext.settings)
     app.jinja_env.globals["csrf_token"] = csrf_token
     app.jinja_env.filters["ago"] = ago
+    app.jinja_env.filters["changes"] = describe_changes
 
 
 def _ext() -> Any:

@@ -15,11 +15,12 @@ import pytest
 from click.testing import CliRunner, Result
 
 from atlas.admin.cli import admin
+from atlas.envvars import TESTS
 from atlas.stack import AtlasServer
 from tests.helpers import ADMIN_TOKEN
 from tests.integration.conftest import shared_atlas, start_atlas  # noqa: F401 (fixtures)
 
-ARTIFACTS = Path(os.environ.get("ATLAS_ARTIFACT_DIR", Path(__file__).parent.parent / ".artifacts"))
+ARTIFACTS = Path(TESTS.get("ATLAS_ARTIFACT_DIR") or Path(__file__).parent.parent / ".artifacts")
 
 Cli = Callable[..., Result]
 

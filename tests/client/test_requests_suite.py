@@ -31,6 +31,8 @@ from pathlib import Path
 
 import pytest
 
+from atlas.envvars import TESTS
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,7 +63,7 @@ class Run:
 
 
 def _cache_dir() -> Path:
-    return Path(os.environ.get("ATLAS_TEST_CACHE") or ROOT / ".atlas-data" / "test-cache")
+    return Path(TESTS.get("ATLAS_TEST_CACHE") or ROOT / ".atlas-data" / "test-cache")
 
 
 def _requests_suite() -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -12,12 +11,13 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
+from atlas.envvars import TESTS
 from tests.helpers import ADMIN_TOKEN
 from tests.integration.conftest import start_atlas  # noqa: F401 (fixture)
 from tests.unit.conftest import app, aws, settings  # noqa: F401 (fixtures)
 
-ARTIFACTS = Path(os.environ.get("ATLAS_ARTIFACT_DIR", Path(__file__).parent.parent / ".artifacts"))
-SCREENSHOTS = Path(os.environ.get("ATLAS_SCREENSHOT_DIR", ARTIFACTS / "screenshots"))
+ARTIFACTS = Path(TESTS.get("ATLAS_ARTIFACT_DIR") or Path(__file__).parent.parent / ".artifacts")
+SCREENSHOTS = Path(TESTS.get("ATLAS_SCREENSHOT_DIR") or ARTIFACTS / "screenshots")
 CSRF_RE = re.compile(r'name="csrf" value="([^"]+)"')
 
 

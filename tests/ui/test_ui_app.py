@@ -303,3 +303,15 @@ def test_ui_secret_key_must_be_long() -> None:
     with pytest.raises(ConfigError, match="ATLAS_UI_SECRET_KEY"):
         Settings(admin_tokens=("a" * 20,), ui_secret_key="short")
     assert "k" * 40 not in repr(Settings(admin_tokens=("a" * 20,), ui_secret_key="k" * 40))
+
+
+def test_the_audit_list_shows_what_changed(ui: Ui, app: Flask) -> None:
+    seed(app)
+    api(app, "PATCH", "/v1/services/identity/instances/10.0.0.2:8000",
+        {"enabled": False, "disabled_reason": "deploying"})  # fmt: skip
+    ui.login()
+    page = ui.get("/ui/services/identity").get_data(as_text=True)
+    assert "<th>Changes</th>" in page
+    assert "enabled: true → false; disabled_reason: ∅ → deploying; version: 1 → 2" in page
+    assert "hunter2" not in page  # the secret's write is listed by version and flag only
+    assert "secret: ∅ → true" in page
