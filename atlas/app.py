@@ -9,7 +9,7 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from importlib.resources import files
 from typing import Any
 
@@ -96,6 +96,7 @@ class AtlasExtension:
         """Bind to an app: build models and the registry unless they are injected (no I/O)."""
         self.settings = settings
         self.metrics = AtlasMetrics(realm=settings.realm)
+        self.reads = ReadCounters(self.metrics.read)
         self._own_mirror = mirror is None and registry is None and bool(settings.zk_hosts)
         if self._own_mirror:
             mirror = ZkMirror(
@@ -148,6 +149,7 @@ class AtlasExtension:
             truth=truth,
             dirty=lambda: mirror.dirty,
             max_waiters=self.settings.max_waiters,
+            on_error=self.metrics.swallowed_error,
         )
 
     @property
@@ -181,6 +183,15 @@ class AtlasExtension:
                 self.mirror.start()
                 if self.view is not None:
                     self.view.start()
+                # Serve once the session is there (bounded), so that the first writes after a
+                # start are published before they are acknowledged, as later ones are.
+                wait = self.settings.zk_start_wait_s
+                if wait and not self.mirror.wait_connected(wait):
+                    log.warning(
+                        "no ZooKeeper session after %.1fs: serving; writes are published "
+                        "when it connects",
+                        wait,
+                    )
                 if self._own_mirror and self.settings.reconciler_enabled:
                     # Built here, not in init_app: its election identity names this process.
                     self.reconciler = Reconciler(
@@ -291,14 +302,17 @@ class ReadCounters:
     """Plain counters of the read paths (for /v1/info and the metrics): reads served from the
     view, reads served from DynamoDB by reason, blocking queries by outcome. Thread-safe."""
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: Callable[[str, int], None] | None = None) -> None:
         self._lock = threading.Lock()
         self._counts: dict[str, int] = {}
+        self._metrics = metrics
 
     def add(self, name: str, n: int = 1) -> None:
         """Count one event: `view_hits`, `store_fallbacks.<reason>`, `blocking.<outcome>`..."""
         with self._lock:
             self._counts[name] = self._counts.get(name, 0) + n
+        if self._metrics is not None:
+            self._metrics(name, n)
 
     def snapshot(self) -> dict[str, int]:
         """Every counter by name (a copy)."""

@@ -221,6 +221,13 @@ class Settings(AtlasSettings):
         ge=0.1,
         le=DAY_S,
     )
+    zk_start_wait_s: float = setting(
+        5.0,
+        "how long a starting worker waits for its ZooKeeper session before it serves (writes "
+        "made before it connects are published later, by the pump)",
+        ge=0,
+        le=DAY_S,
+    )
     reconcile_interval_s: float = setting(
         60.0,
         "full DynamoDB/ZooKeeper comparison period (also on election and reconnect)",

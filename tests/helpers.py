@@ -7,6 +7,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 T = TypeVar("T")
 
@@ -19,6 +21,12 @@ class ApiClient:
     def __init__(self, base_url: str, token: str | None = ADMIN_TOKEN) -> None:
         self.base_url = base_url.rstrip("/")
         self.session = requests.Session()
+        # A keep-alive connection the server closes as it is reused (gunicorn ends idle ones)
+        # fails the request before it is read; a GET sent again then is harmless. Nothing
+        # else is retried, so a write is never sent twice and a dead server still fails.
+        retry = Retry(total=1, connect=1, read=1, status=0, redirect=0,
+                      allowed_methods=frozenset({"GET", "HEAD"}), raise_on_status=False)  # fmt: skip
+        self.session.mount("http://", HTTPAdapter(max_retries=retry))
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"
 

@@ -89,6 +89,7 @@ def init_api(app: Flask) -> ProblemApi:
                 changed = changes.changes(resp)
             except Exception:
                 app.extensions["atlas"].audit.unrecorded_changes += 1
+                app.extensions["atlas"].metrics.swallowed_error("audit_changes")
                 log.exception(
                     "audit: what %s %s changed is unknown", request.method, request.path[:200]
                 )
@@ -109,6 +110,7 @@ def init_api(app: Flask) -> ProblemApi:
             )
         except Exception:
             log.exception("audit record failed for %s %s", request.method, request.path[:200])
+            app.extensions["atlas"].metrics.swallowed_error("audit_record")
         return resp
 
     return api

@@ -61,7 +61,7 @@ MIRROR_COUNTERS = {
     "client_refused": "ZooKeeper clients replaced because the server refused them (wiped).",
 }
 DRIFT_KINDS = ("missing", "stale", "extra")
-_SAFE_NAME = re.compile(r"^[a-z][a-z0-9_' -]{0,63}$")
+_SAFE_NAME = re.compile(r"^[a-z][a-z0-9_.' -]{0,63}$")
 
 
 def multiprocess_enabled() -> bool:
@@ -216,6 +216,12 @@ class AtlasMetrics:
             "Errors caught and logged so that a background thread lives on, by place.",
             ["where"], registry=r,
         )  # fmt: skip
+        self.reads = Counter(
+            "atlas_reads",
+            "Reads by where they were served and blocking queries by outcome: view_hits, "
+            "store_fallbacks.<reason>, blocking.started|woken|timed_out, waiters_rejected.",
+            ["outcome"], registry=r,
+        )  # fmt: skip
         for kind in DRIFT_KINDS:
             self.drift_found.labels(kind)
         for outcome in ("ok", "error", "crash"):
@@ -236,6 +242,14 @@ class AtlasMetrics:
                 registry=self.registry, multiprocess_mode="liveall",
             )  # fmt: skip
         return self._mirror_connected, self._leader
+
+    def swallowed_error(self, where: str) -> None:
+        """Count an error caught and logged so that a request or thread goes on (thread-safe)."""
+        self.swallowed.labels(bounded(where)).inc()
+
+    def read(self, outcome: str, n: int = 1) -> None:
+        """Count a read by where it was served, or a blocking query's outcome (thread-safe)."""
+        self.reads.labels(bounded(outcome)).inc(n)
 
     def render(self) -> bytes:
         """The exposition text: every worker's values in multiprocess mode, else this app's."""
@@ -264,6 +278,10 @@ class PrometheusStoreMetrics:
         self._m.scan_pages.inc()
         if retries:
             self._m.scan_page_retries.inc(retries)
+
+    def swallowed(self, where: str) -> None:
+        """Count an error caught after a stored write (its mirror call)."""
+        self._m.swallowed.labels(bounded(where)).inc()
 
 
 class PrometheusAuditMetrics:

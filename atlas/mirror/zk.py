@@ -249,6 +249,16 @@ class ZkMirror:
             for t in self._threads:
                 t.start()
 
+    def wait_connected(self, timeout: float) -> bool:
+        """Block until the session is connected or `timeout` passes; True if connected.
+        Thread-safe."""
+        deadline = time.monotonic() + timeout
+        while not self.connected:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
     def connect(self, timeout: float = 15.0) -> None:
         """Start if needed and block until connected (one-shot tools and tests). Not thread-safe."""
         self.start()

@@ -51,6 +51,10 @@ class StoreMetrics(Protocol):
     def scan_page(self, retries: int) -> None:
         """A page of a full-table scan was read after `retries` failed attempts."""
 
+    def swallowed(self, where: str) -> None:
+        """An error was caught and logged where raising would fail a write already stored
+        (`where`: one of the code's fixed names, such as `mirror_put_service`)."""
+
 
 class NullStoreMetrics:
     """Reports nothing."""
@@ -59,6 +63,9 @@ class NullStoreMetrics:
         """Do nothing."""
 
     def scan_page(self, retries: int) -> None:
+        """Do nothing."""
+
+    def swallowed(self, where: str) -> None:
         """Do nothing."""
 
 

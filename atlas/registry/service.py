@@ -127,6 +127,7 @@ class Registry:
             return self.mirror.prepare_instance(service, iid)
         except Exception:
             log.exception("mirror prepare failed; the write goes on")
+            self.store.metrics.swallowed("mirror_prepare")
             return None
 
     def _instance_changed(
@@ -143,6 +144,7 @@ class Registry:
             return fn(*args)
         except Exception:
             log.exception("mirror %s failed; the reconciler will repair it", action)
+            self.store.metrics.swallowed(f"mirror_{action}")
             return None
 
     def service_changed(self, name: str) -> None:

@@ -98,6 +98,7 @@ def page(f: F) -> F:
             return _page(exc.status, exc.title, exc.detail)
         except Exception:
             log.exception("dashboard error on %s %s", request.method, request.path[:200])
+            current_app.extensions["atlas"].metrics.swallowed_error("dashboard_page")
             return _page(500, "Internal error", "An unexpected error occurred; it has been logged.")
 
     return wrapper  # type: ignore[return-value]
@@ -240,6 +241,7 @@ def _write(service: str | None, action: str, target: str, change: Callable[[], s
     except Exception:
         status = 500
         log.exception("dashboard write failed: %s %s", action, target)
+        current_app.extensions["atlas"].metrics.swallowed_error("dashboard_write")
         flash("Internal error: the change may not have been made; it has been logged.", "error")
     _audit(service, action, target, status)
 

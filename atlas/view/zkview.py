@@ -97,8 +97,11 @@ class ZkView:
         dirty: Callable[[], Mapping[str, Any]] | None = None,
         max_waiters: int = 1000,
         clock: Callable[[], float] = time.monotonic,
+        on_error: Callable[[str], None] | None = None,
     ) -> None:
         self.layout = Layout(realm)
+        # Told of every error the view catches and lives on with (the app counts them).
+        self._on_error: Callable[[str], None] = on_error or (lambda where: None)
         self._client_source = client
         self._subscribe = subscribe
         self._truth = truth
@@ -274,6 +277,7 @@ class ZkView:
                 return int(found.mzxid) if found is not None else None
             except Exception:
                 log.warning("could not read the revocation stamp", exc_info=True)
+                self._on_error("view_revocation_read")
                 return None
             n = (decode_number(data, "revocations") or 0) + 1
             try:
@@ -282,6 +286,7 @@ class ZkView:
                 continue
             except Exception:
                 log.warning("could not publish a token revocation", exc_info=True)
+                self._on_error("view_revocation_publish")
                 return None
             self.counters["revocations_published"] += 1
             return int(new.mzxid)
@@ -369,6 +374,7 @@ class ZkView:
                 self._round(items)
             except Exception:  # the owner must outlive any single failure
                 self.counters["errors"] += 1
+                self._on_error("view_round")
                 log.exception("view round failed; reloading")
                 self._reload()
 
@@ -598,6 +604,7 @@ class ZkView:
             if self._client is not None and self._client.state == KazooState.CONNECTED:
                 log.warning("view fetch of %s failed (%r); reloading", path, exc)
                 self.counters["errors"] += 1
+                self._on_error("view_fetch")
                 self._reload()
             return
         if what == "root":

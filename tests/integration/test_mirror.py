@@ -8,6 +8,7 @@ ZooKeeper outages, wipes, session expiry and member loss.
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import requests
@@ -40,6 +41,9 @@ def test_every_mutation_produces_exactly_the_design_znodes(
     assert tree()[f"{root}/services/identity"] == {
         "name": "identity", "port": 8000, "version": 1, "instances": 0,
         "health_check": {"path": "/health", "interval_s": 10, "timeout_s": 2},
+        # Atlas's own: the rest of the record, for every process's in-memory view
+        "description": "", "owner": "", "tags": [],
+        "created_at": svc["created_at"], "updated_at": svc["updated_at"],
     }  # fmt: skip
     assert tree()[f"{root}/config/identity"] == {"version": 0}
 
@@ -52,6 +56,7 @@ def test_every_mutation_produces_exactly_the_design_znodes(
         "serviceType": "STATIC", "uriSpec": None, "enabled": True,
         "host": "10.1.0.5", "weight": 30, "labels": {"canary": "1"},
         "zone": "us-1a", "version": 1, "updated_at": inst["updated_at"],
+        "created_at": inst["created_at"],
     }  # fmt: skip
     assert isinstance(node["registrationTimeUTC"], int) and node["registrationTimeUTC"] > 1.7e12
 
@@ -67,13 +72,22 @@ def test_every_mutation_produces_exactly_the_design_znodes(
     assert "haproxy_server_options" not in tree()[f"{root}/services/identity/10.1.0.5:8000"]
 
     api.put("/v1/services/identity/instances/10.1.0.6:8000", json={})
-    api.post("/v1/hosts/10.1.0.6/disable")
-    assert tree()[f"{root}/services/identity/10.1.0.6:8000"]["enabled"] is False
+    r = api.post("/v1/hosts/10.1.0.6/disable", json={"disabled_until": "2099-01-01T00:00:00Z"})
+    assert r.status_code == 422 and "disabled_until" in r.json()["errors"]  # too far ahead
+    until = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    r = api.post("/v1/hosts/10.1.0.6/disable", json={"disabled_until": until})
+    assert r.status_code == 200, r.text
+    node = tree()[f"{root}/services/identity/10.1.0.6:8000"]
+    assert (
+        node["enabled"] is False
+        and node["disabled_until"] == r.json()["items"][0]["disabled_until"]
+    )
     api.post("/v1/hosts/10.1.0.6/enable")
     assert tree()[f"{root}/services/identity/10.1.0.6:8000"]["enabled"] is True
 
-    api.patch("/v1/services/identity", json={"port": 9000})
-    assert tree()[f"{root}/services/identity"]["port"] == 9000
+    api.patch("/v1/services/identity", json={"port": 9000, "min_enabled": 1})
+    node = tree()[f"{root}/services/identity"]
+    assert (node["port"], node["min_enabled"]) == (9000, 1)
 
     assert tree()[f"{root}/services/identity"]["instances"] == 2
     api.delete("/v1/services/identity/instances/10.1.0.6:8000")
@@ -81,6 +95,7 @@ def test_every_mutation_produces_exactly_the_design_znodes(
     assert tree()[f"{root}/services/identity"]["instances"] == 1
     assert mirrored(zk_server.address, moto_server, realm)
 
+    # deleting the service is not guarded by its own floor (it goes with it)
     assert api.delete("/v1/services/identity?cascade=true").status_code == 204
     assert tree() == {}
     assert svc["name"] == "identity"

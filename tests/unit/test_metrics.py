@@ -29,6 +29,7 @@ from atlas.metrics.web import METHODS, UNMATCHED
 from atlas.mirror import ZkMirror
 from atlas.registry import Registry, build_models
 from atlas.registry.audit import AuditLog
+from atlas.registry.mirror import NullMirror
 from atlas.registry.store import ConditionFailed, Store, TransactionCanceled
 from tests.unit.conftest import Client
 from tests.unit.test_mirror_units import svc
@@ -155,6 +156,9 @@ class Recorder:
     def scan_page(self, retries: int) -> None:
         self.pages.append(retries)
 
+    def swallowed(self, where: str) -> None:
+        self.calls.append((where, "swallowed"))
+
 
 def _client_error(code: str | None) -> GetError:
     if code is None:
@@ -200,6 +204,24 @@ def test_scans_report_their_pages(settings: Settings) -> None:
     reg.scan_services()
     assert rec.pages == [0]
     assert ("scanning services", None) in rec.calls
+
+
+class FailingMirror(NullMirror):
+    """A mirror whose every call fails (ZooKeeper gone, a bug in the mirror)."""
+
+    def put_service(self, svc: Any) -> int | None:
+        raise RuntimeError("mirror down")
+
+
+def test_a_mirror_failure_after_a_stored_write_is_counted_not_raised(settings: Settings) -> None:
+    metrics = AtlasMetrics()
+    reg = Registry(build_models(settings.table_prefix), mirror=FailingMirror(),
+                   metrics=metrics.store)  # fmt: skip
+    stored = reg.create_service({"name": "billing"})  # the write is in DynamoDB: no raise
+    assert reg.get_service("billing").version == stored.version
+    text = metrics.render().decode()
+    assert value(text, "atlas_swallowed_errors_total", where="mirror_put_service") == 1
+    assert promtool(text).returncode == 0
 
 
 # ----------------------------------------------------------------------------------- audit
