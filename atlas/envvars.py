@@ -231,6 +231,12 @@ LOG_LEVEL = Var(
     choice(*LOG_LEVELS),
 )
 
+#: Read by atlas.gunicorn_conf before anything else is imported (gevent must patch the
+#: standard library first); listed by `atlas settings` with the server's (ServeSettings).
+WORKER_CLASS = Var(
+    "ATLAS_WORKER_CLASS", "gevent", "gunicorn worker class", choice("gthread", "gevent")
+)
+
 CLIENT = Component(
     "Smart client (atlas.client)",
     (

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import os
 
-if os.environ.get("ATLAS_WORKER_CLASS", "gevent").strip().lower() == "gevent":
+from atlas.envvars import WORKER_CLASS  # imports nothing that gevent must patch
+
+if WORKER_CLASS.read() == "gevent":
     from gevent import monkey
 
     monkey.patch_all()

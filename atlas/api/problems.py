@@ -1,20 +1,17 @@
-"""The one error handler: every failure becomes an RFC 9457 application/problem+json response."""
+"""The API's one error handler: every failure becomes an RFC 9457 application/problem+json
+response (`atlas.problems`), and marshmallow's errors a flat map of fields."""
 
 from __future__ import annotations
 
-import json
-import logging
 from collections.abc import Mapping
 from typing import Any
 
 from flask import Response
-from werkzeug.exceptions import HTTPException
 
-from atlas.errors import HTTP_ERRORS, AtlasError
+from atlas.problems import PROBLEM_JSON, to_atlas_error
+from atlas.problems import problem_response as render_problem
 
-log = logging.getLogger(__name__)
-
-PROBLEM_JSON = "application/problem+json"
+__all__ = ["PROBLEM_JSON", "flatten_errors", "problem_response", "to_atlas_error"]
 
 
 def flatten_errors(errors: Any, prefix: str = "") -> dict[str, list[str]]:
@@ -39,39 +36,6 @@ def flatten_errors(errors: Any, prefix: str = "") -> dict[str, list[str]]:
     return out
 
 
-def to_atlas_error(exc: BaseException) -> AtlasError:
-    """Map any exception onto the Atlas error tree (unknown ones become a bare 500)."""
-    if isinstance(exc, AtlasError):
-        return exc
-    if isinstance(exc, HTTPException):
-        code = exc.code or 500
-        cls = HTTP_ERRORS.get(code)
-        if cls is not None:
-            detail = exc.description or cls.title
-            if code == 413:
-                detail = "The request body is larger than the server accepts."
-            return cls(detail)
-        err = AtlasError(exc.description or "HTTP error")
-        err.status = code
-        err.title = exc.name
-        err.slug = exc.name.lower().replace(" ", "-")
-        return err
-    log.error("unhandled error", exc_info=exc)
-    return AtlasError("An unexpected error occurred; it has been logged.")
-
-
 def problem_response(exc: BaseException) -> Response:
-    """Render an exception as a problem+json response."""
-    err = to_atlas_error(exc)
-    body = err.to_problem()
-    resp = Response(json.dumps(body), status=err.status, mimetype=PROBLEM_JSON)
-    if err.status == 401:
-        resp.headers["WWW-Authenticate"] = 'Bearer realm="atlas"'
-    for name, value in getattr(err, "headers", {}).items():  # e.g. Retry-After on a 503
-        resp.headers[name] = value
-    if err.status == 405 and isinstance(exc, HTTPException):
-        allow = exc.get_headers()
-        for name, value in allow:
-            if name.lower() == "allow":
-                resp.headers["Allow"] = value
-    return resp
+    """Render an exception as the API's problem+json response (401s challenge for a bearer)."""
+    return render_problem(exc, www_authenticate='Bearer realm="atlas"')

@@ -650,26 +650,40 @@ class Registry:
             guard = self._guarded(service, {iid}, force) if leaves else None
             unchanged = model.service.exists() & (model.version == read)
             prepared = self._prepare(service, iid)
-            try:
-                if guard is None:
-                    self.store.put(m, action="updating the instance", condition=unchanged)
-                else:
-                    with self.store.transaction("updating the instance") as tx:
-                        self._guard_op(tx, guard)
-                        tx.save("instance", m, condition=unchanged)
-            except TransactionConflict:
-                continue
-            except (ConditionFailed, TransactionCanceled) as exc:
-                lost_instance = isinstance(exc, ConditionFailed) or (
-                    isinstance(exc, TransactionCanceled) and exc.failed("instance")
-                )
-                if lost_instance and if_match is not None:
-                    raise PreconditionFailed(f"instance {iid} changed concurrently") from None
-                continue
+            if not self._write_instance(m, guard, unchanged, "updating the instance", if_match):
+                continue  # it changed (or another guarded write committed): decide again
             record = self.instance_record(m)
             self._instance_changed(service, iid, record, prepared)
             return record
         raise AssertionError("unreachable: race_retries raises when the attempts are spent")
+
+    def _write_instance(
+        self,
+        m: InstanceModel,
+        guard: _Guard | None,
+        condition: Any,
+        action: str,
+        if_match: int | None,
+        delete: bool = False,
+    ) -> bool:
+        """Put (or delete) one instance; with the service's guard in one transaction when the
+        write takes a serving instance away. False when a race was lost: decide again."""
+        try:
+            if guard is None:
+                write = self.store.delete if delete else self.store.put
+                write(m, action=action, condition=condition)
+            else:
+                with self.store.transaction(action) as tx:
+                    self._guard_op(tx, guard)
+                    (tx.delete if delete else tx.save)("instance", m, condition=condition)
+        except TransactionConflict:
+            return False
+        except (ConditionFailed, TransactionCanceled) as exc:
+            lost = isinstance(exc, ConditionFailed) or exc.failed("instance")
+            if lost and if_match is not None:
+                raise PreconditionFailed(f"instance {m.instance_id} changed concurrently") from None
+            return False
+        return True
 
     def update_instance(
         self,
@@ -713,21 +727,9 @@ class Registry:
             guard = self._guarded(service, {iid}, force) if serving(m.enabled, m.drain) else None
             unchanged = model.version == m.version
             prepared = self._prepare(service, iid)
-            try:
-                if guard is None:
-                    self.store.delete(m, action="detaching the instance", condition=unchanged)
-                else:
-                    with self.store.transaction("detaching the instance") as tx:
-                        self._guard_op(tx, guard)
-                        tx.delete("instance", m, condition=unchanged)
-            except TransactionConflict:
-                continue
-            except (ConditionFailed, TransactionCanceled) as exc:
-                lost_instance = isinstance(exc, ConditionFailed) or (
-                    isinstance(exc, TransactionCanceled) and exc.failed("instance")
-                )
-                if lost_instance and if_match is not None:
-                    raise PreconditionFailed(f"instance {iid} changed concurrently") from None
+            if not self._write_instance(
+                m, guard, unchanged, "detaching the instance", if_match, delete=True
+            ):
                 continue  # it changed (or another guarded write committed): decide again
             self._instance_changed(service, iid, None, prepared)
             return
