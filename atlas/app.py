@@ -107,7 +107,10 @@ class AtlasExtension:
             )
         if registry is None:
             registry = Registry(
-                build_models_for(settings), mirror=mirror, metrics=self.metrics.store
+                build_models_for(settings),
+                mirror=mirror,
+                metrics=self.metrics.store,
+                scan=settings.scan_policy(),
             )
         self.registry = registry
         self.mirror = mirror

@@ -87,7 +87,7 @@ def reconcile(timeout: float) -> None:
     if not settings.zk_hosts:
         raise click.UsageError("ATLAS_ZK_HOSTS is not set: there is no mirror to reconcile")
     mirror = ZkMirror(settings.zk_hosts, settings.realm, timeout=settings.zk_timeout_s)
-    mirror.bind(Registry(build_models_for(settings), mirror=mirror))
+    mirror.bind(Registry(build_models_for(settings), mirror=mirror, scan=settings.scan_policy()))
     try:
         mirror.connect(timeout=timeout)
         click.echo(json.dumps(mirror.reconcile(), indent=2))

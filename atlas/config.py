@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from typing import Any, ClassVar, Literal, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic.fields import FieldInfo
@@ -19,6 +19,9 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from atlas.contract import REALM_RE
 from atlas.envvars import ConfigError
+
+if TYPE_CHECKING:
+    from atlas.registry.store import ScanPolicy
 
 ENV_PREFIX = "ATLAS_"
 TABLE_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
@@ -221,6 +224,16 @@ class Settings(AtlasSettings):
         ge=0.1,
         le=DAY_S,
     )
+    scan_segments: int = setting(
+        1,
+        "DynamoDB parallel-scan segments of a full-table read (reconcile, the view's truth "
+        "check): more for a large realm on DynamoDB proper; keep 1 on moto",
+        ge=1,
+        le=64,
+    )
+    scan_page_size: int = setting(
+        500, "items asked for per page of a full-table read", ge=25, le=10_000
+    )
     zk_start_wait_s: float = setting(
         5.0,
         "how long a starting worker waits for its ZooKeeper session before it serves (writes "
@@ -378,6 +391,12 @@ class Settings(AtlasSettings):
                 "(a file holding 32 random bytes, base64-encoded)"
             )
         return self
+
+    def scan_policy(self) -> ScanPolicy:
+        """How this realm's full-table reads page and split (ATLAS_SCAN_*)."""
+        from atlas.registry.store import ScanPolicy  # the server's settings stay light to load
+
+        return ScanPolicy(page_size=self.scan_page_size, segments=self.scan_segments)
 
     @property
     def kms_endpoint_url(self) -> str | None:

@@ -85,6 +85,15 @@ def test_settings_defaults_and_table_prefix() -> None:
     assert Layout(s.realm).root == "/atlas/test"
 
 
+def test_scan_settings_make_the_registrys_scan_policy() -> None:
+    s = Settings.from_env({"ATLAS_AUTH_DISABLED": "true", "ATLAS_SCAN_SEGMENTS": "4",
+                           "ATLAS_SCAN_PAGE_SIZE": "200"})  # fmt: skip
+    policy = s.scan_policy()
+    assert (policy.segments, policy.page_size) == (4, 200)
+    with pytest.raises(ConfigError, match="ATLAS_SCAN_SEGMENTS"):
+        Settings.from_env({"ATLAS_AUTH_DISABLED": "true", "ATLAS_SCAN_SEGMENTS": "0"})
+
+
 def test_cli_refuses_bad_configuration(monkeypatch: pytest.MonkeyPatch, capsys) -> None:  # type: ignore[no-untyped-def]
     from atlas import cli
 
