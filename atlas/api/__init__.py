@@ -88,7 +88,7 @@ def init_api(app: Flask) -> ProblemApi:
             try:
                 changed = changes.changes(resp)
             except Exception:
-                app.extensions["atlas"].audit.unrecorded_changes += 1
+                app.extensions["atlas"].audit.count("unrecorded_changes")
                 app.extensions["atlas"].metrics.swallowed_error("audit_changes")
                 log.exception(
                     "audit: what %s %s changed is unknown", request.method, request.path[:200]

@@ -77,7 +77,7 @@ def capture_before(app: Flask) -> None:
     except AtlasError:
         g.audit_before = None  # nothing there yet (404), or a bad id the request will refuse
     except Exception:
-        app.extensions["atlas"].audit.unread_before += 1
+        app.extensions["atlas"].audit.count("unread_before")
         app.extensions["atlas"].metrics.swallowed_error("audit_before")
         log.exception("audit: could not read %s before the write", request.path[:200])
         g.audit_before = None

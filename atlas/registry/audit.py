@@ -103,12 +103,19 @@ class AuditLog:
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._write_lock = threading.Lock()
+        self._count_lock = threading.Lock()  # the counts below change on request threads
         self.dropped = 0
         self.failed = 0
         # Records written without their changes (each is logged): the resource could not be
         # read before the write, or the change could not be worked out.
         self.unread_before = 0
         self.unrecorded_changes = 0
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Add to one of the plain counts (`dropped`, `failed`, `unread_before`,
+        `unrecorded_changes`). Thread-safe."""
+        with self._count_lock:
+            setattr(self, name, getattr(self, name) + n)
 
     def record(
         self,
@@ -146,7 +153,7 @@ class AuditLog:
             self._queue.put_nowait(rec)
             self.metrics.queued()
         except queue.Full:
-            self.dropped += 1
+            self.count("dropped")
             self.metrics.dropped()
             log.error("audit queue full; dropped %s %s (%s)", method, path[:200], rec.id)
         return rec
@@ -210,7 +217,7 @@ class AuditLog:
                 writer.save(model(r.service or NO_SERVICE, f"{r.at}#{r.id}", **fields))
 
     def _lost(self, batch: list[AuditRecord]) -> None:
-        self.failed += len(batch)
+        self.count("failed", len(batch))
         self.metrics.lost(len(batch))
         # The records hold no secrets (no bodies, no values), so they may be logged.
         log.error(
