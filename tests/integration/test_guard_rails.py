@@ -316,7 +316,8 @@ def test_two_concurrent_disables_each_fine_alone_but_not_together_exactly_one_wi
         problem = refused.json()
         assert problem["refused"] == [{"service": "web", "min_enabled": 2, "enabled_after": 1}]
         assert "'web'" in problem["detail"]
-        items = a.get("/v1/services/web/instances").json()["items"]
+        # b's write reaches a's in-memory view a moment later: ask the truth.
+        items = a.get("/v1/services/web/instances?consistent=true").json()["items"]
         assert sum(1 for i in items if i["enabled"] and not i["drain"]) == 2, (what, items)
         outcomes.append((what, first.status_code != 409))
         if first.status_code == 409:
