@@ -27,7 +27,7 @@ from atlas.metrics.instruments import AtlasMetrics
 from atlas.mirror import Reconciler, ZkMirror
 from atlas.mirror.reconciler import realm_view
 from atlas.mirror.zk import ZK_ERRORS
-from atlas.registry import Mirror, Registry, build_models_for
+from atlas.registry import Mirror, Registry, ScanPolicy, build_models_for
 from atlas.registry.audit import AuditLog
 from atlas.registry.config import ConfigStore
 from atlas.registry.crypto import Sealer, sealer_for
@@ -110,7 +110,7 @@ class AtlasExtension:
                 build_models_for(settings),
                 mirror=mirror,
                 metrics=self.metrics.store,
-                scan=settings.scan_policy(),
+                scan=ScanPolicy.of(settings),
             )
         self.registry = registry
         self.mirror = mirror

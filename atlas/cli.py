@@ -81,13 +81,13 @@ def serve(bind: str | None, workers: int | None, threads: int | None, preload: b
 def reconcile(timeout: float) -> None:
     """Compare DynamoDB with ZooKeeper once, fix every difference, print what was done."""
     from atlas.mirror import ZkMirror
-    from atlas.registry import Registry, build_models_for
+    from atlas.registry import Registry, ScanPolicy, build_models_for
 
     settings = Settings.from_env()
     if not settings.zk_hosts:
         raise click.UsageError("ATLAS_ZK_HOSTS is not set: there is no mirror to reconcile")
     mirror = ZkMirror(settings.zk_hosts, settings.realm, timeout=settings.zk_timeout_s)
-    mirror.bind(Registry(build_models_for(settings), mirror=mirror, scan=settings.scan_policy()))
+    mirror.bind(Registry(build_models_for(settings), mirror=mirror, scan=ScanPolicy.of(settings)))
     try:
         mirror.connect(timeout=timeout)
         click.echo(json.dumps(mirror.reconcile(), indent=2))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
+from typing import Any, ClassVar, Literal, Self
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic.fields import FieldInfo
@@ -19,9 +19,6 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from atlas.contract import REALM_RE
 from atlas.envvars import ConfigError
-
-if TYPE_CHECKING:
-    from atlas.registry.store import ScanPolicy
 
 ENV_PREFIX = "ATLAS_"
 TABLE_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
@@ -391,12 +388,6 @@ class Settings(AtlasSettings):
                 "(a file holding 32 random bytes, base64-encoded)"
             )
         return self
-
-    def scan_policy(self) -> ScanPolicy:
-        """How this realm's full-table reads page and split (ATLAS_SCAN_*)."""
-        from atlas.registry.store import ScanPolicy  # the server's settings stay light to load
-
-        return ScanPolicy(page_size=self.scan_page_size, segments=self.scan_segments)
 
     @property
     def kms_endpoint_url(self) -> str | None:

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from pynamodb.connection import Connection
 from pynamodb.exceptions import DoesNotExist, PynamoDBException, TransactWriteError
@@ -379,6 +379,18 @@ class ScanPolicy:
     attempts: int = 8
     first_backoff_s: float = 0.2
     max_backoff_s: float = 5.0
+
+    @classmethod
+    def of(cls, settings: ScanSettings) -> ScanPolicy:
+        """The policy Atlas settings name (ATLAS_SCAN_PAGE_SIZE, ATLAS_SCAN_SEGMENTS)."""
+        return cls(page_size=settings.scan_page_size, segments=settings.scan_segments)
+
+
+class ScanSettings(Protocol):
+    """What `ScanPolicy.of` reads of Atlas settings."""
+
+    scan_page_size: int
+    scan_segments: int
 
 
 _DONE = object()

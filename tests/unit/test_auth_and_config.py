@@ -86,9 +86,11 @@ def test_settings_defaults_and_table_prefix() -> None:
 
 
 def test_scan_settings_make_the_registrys_scan_policy() -> None:
+    from atlas.registry import ScanPolicy
+
     s = Settings.from_env({"ATLAS_AUTH_DISABLED": "true", "ATLAS_SCAN_SEGMENTS": "4",
                            "ATLAS_SCAN_PAGE_SIZE": "200"})  # fmt: skip
-    policy = s.scan_policy()
+    policy = ScanPolicy.of(s)
     assert (policy.segments, policy.page_size) == (4, 200)
     with pytest.raises(ConfigError, match="ATLAS_SCAN_SEGMENTS"):
         Settings.from_env({"ATLAS_AUTH_DISABLED": "true", "ATLAS_SCAN_SEGMENTS": "0"})
