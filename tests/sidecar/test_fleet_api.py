@@ -7,6 +7,7 @@ session expires. Conditions are waited for, never timed.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -15,13 +16,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
+import yaml
+from click.testing import CliRunner, Result
 from kazoo.client import KazooClient
 
+from atlas.admin.cli import admin
 from atlas.contract import Layout, SidecarReport
 from atlas.fleet import ZkFleet, ZooKeeperUnavailable
 from atlas.stack import AtlasServer, MotoServer
-from tests.helpers import ApiClient, wait_until
+from tests.helpers import ADMIN_TOKEN, ApiClient, wait_until
 from tests.integration.conftest import atlas_env, migrate
 from tests.sidecar.conftest import Backend, SidecarProcess
 
@@ -91,16 +96,35 @@ def test_zk_fleet_reads_reports_and_service_stats_without_leaving_watches(
         ZkFleet(lambda: stopped, realm).host_ids()
 
 
+DOC = yaml.safe_load((Path(__file__).resolve().parents[2] / "openapi.yaml").read_text())
+
+
+def conforms(body: Any, schema: str) -> None:
+    """The body is what openapi.yaml's components/schemas/<schema> says."""
+    jsonschema.validate(
+        body,
+        {"$ref": f"#/components/schemas/{schema}", "components": DOC["components"]},
+        format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER,
+    )
+
+
 def _sidecars(api: ApiClient) -> list[dict[str, Any]]:
     resp = api.get("/v1/sidecars")
     assert resp.status_code == 200, resp.text
+    conforms(resp.json(), "SidecarPage")
     return list(resp.json()["items"])
 
 
 def _convergence(api: ApiClient, name: str) -> dict[str, Any]:
     resp = api.get(f"/v1/services/{name}/convergence")
     assert resp.status_code == 200, resp.text
+    conforms(resp.json(), "Convergence")
     return dict(resp.json())
+
+
+def cli(atlas: AtlasServer, *argv: str) -> Result:
+    """Run an `atlas` admin command against this Atlas."""
+    return CliRunner().invoke(admin, [*argv, "--url", atlas.url, "--token", ADMIN_TOKEN])
 
 
 def test_three_sidecars_converge_a_stopped_one_lags_a_killed_one_disappears(
@@ -145,6 +169,12 @@ def test_three_sidecars_converge_a_stopped_one_lags_a_killed_one_disappears(
     body = wait_until(lambda: converged_past(index), timeout=60, what="PATCH converged")
     assert body["summary"] == {"total": 3, "converged": 3, "lagging": 0, "unreadable": 0}
     assert all(s["applied_index"] >= index for s in body["sidecars"])
+    # The CLI's way of waiting for a write to reach every host.
+    waited = cli(atlas, "convergence", "web", "--wait", "60", "--min-index", str(index), "--json")
+    assert waited.exit_code == 0, waited.output
+    assert json.loads(waited.output)["converged"] is True
+    listed = cli(atlas, "sidecars")
+    assert listed.exit_code == 0 and all(f"sc-{i}" in listed.output for i in range(3))
 
     # A stopped sidecar keeps its node (30 s session) but applies nothing: it lags.
     stopped = procs[2].proc.proc
@@ -174,6 +204,9 @@ def test_three_sidecars_converge_a_stopped_one_lags_a_killed_one_disappears(
         assert lag["behind_s"] is not None and lag["behind_s"] >= 0
         assert lag["behind_since"] is not None
         assert "sc-2" in [i["host_id"] for i in _sidecars(api)]
+        late = cli(atlas, "convergence", "web", "--wait", "0")
+        assert late.exit_code == 3, late.output
+        assert "sc-2" in late.output and "lagging" in late.output
     finally:
         os.kill(stopped.pid, signal.SIGCONT)
     wait_until(lambda: converged_past(index), timeout=60, what="sc-2 caught up")
