@@ -91,6 +91,8 @@ def test_zk_fleet_reads_reports_and_service_stats_without_leaving_watches(
 
     zk.delete(layout.sidecar("a:1"))
     assert fleet.host_ids() == ["b:1"]
+    with pytest.raises(ZooKeeperUnavailable, match="did not answer"):
+        ZkFleet(lambda: zk, realm, timeout=0).sidecars()
     stopped = KazooClient(hosts=zk_hosts)  # never started
     with pytest.raises(ZooKeeperUnavailable):
         ZkFleet(lambda: stopped, realm).host_ids()

@@ -8,12 +8,14 @@ from dataclasses import replace
 from types import SimpleNamespace
 
 from flask import Flask
+from kazoo.client import KazooClient
 
 from atlas.contract import LaggingService, SidecarReport
 from atlas.fleet import (
     NodeInfo,
     ServiceState,
     SidecarNode,
+    ZkFleet,
     convergence,
     iso_ms,
     page,
@@ -235,3 +237,14 @@ def test_a_service_token_may_read_the_fleet(app: Flask, client: Client) -> None:
     assert svc.get("/v1/services/web/convergence").json["converged"] is True
     anon = Client(app.test_client(), token=None)
     assert anon.get("/v1/sidecars").status_code == 401
+
+
+def test_a_zookeeper_without_a_session_is_503_unavailable(app: Flask, client: Client) -> None:
+    never_started = KazooClient(hosts="127.0.0.1:1")
+    app.extensions["atlas"].fleet = ZkFleet(lambda: never_started, "unit")
+    client.post("/v1/services", json={"name": "web"})
+    for path in ("/v1/sidecars", "/v1/services/web/convergence"):
+        resp = client.get(path)
+        assert resp.status_code == 503, path
+        assert resp.json["type"].endswith("/zookeeper-unavailable")
+        assert resp.headers["Retry-After"] == "2"
