@@ -45,7 +45,7 @@ from atlas.contract import (
     SLOW_START_MAX_S,
     TAG_RE,
 )
-from atlas.stack import AtlasServer, MotoServer, ZooKeeperServer
+from atlas.stack import AtlasServer, MotoServer
 from tests.helpers import ADMIN_TOKEN
 from tests.integration.conftest import atlas_env, migrate
 
@@ -181,12 +181,11 @@ def test_document_patterns_are_the_contracts() -> None:
 
 @pytest.fixture(scope="module")
 def live_atlas(
-    moto_server: MotoServer, zk_server: ZooKeeperServer, tmp_path_factory: pytest.TempPathFactory
+    moto_server: MotoServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[AtlasServer]:
-    """Atlas under gunicorn in a private realm, so generated writes disturb no other test; with
-    ZooKeeper, as in production (the fleet's endpoints need it)."""
+    """Atlas under gunicorn in a private realm, so generated writes disturb no other test."""
     realm = f"t{uuid.uuid4().hex[:10]}"
-    env = atlas_env(moto_server, realm, ATLAS_ZK_HOSTS=zk_server.address)
+    env = atlas_env(moto_server, realm)
     migrate(env)
     server = AtlasServer(tmp_path_factory.mktemp("atlas-openapi"), env, workers=2, threads=4)
     server.start()
