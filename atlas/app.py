@@ -22,6 +22,7 @@ from atlas.api.http import BoundedRequest
 from atlas.api.problems import problem_response
 from atlas.config import Settings
 from atlas.errors import AtlasError
+from atlas.fleet import Fleet, NullFleet, ZkFleet
 from atlas.metrics import web as metrics_web
 from atlas.metrics.instruments import AtlasMetrics
 from atlas.mirror import Reconciler, ZkMirror
@@ -75,6 +76,7 @@ class AtlasExtension:
         self.reconciler: Reconciler | None = None
         self.metrics: AtlasMetrics
         self.view: ZkView | None = None
+        self.fleet: Fleet = NullFleet()
         self.reads = ReadCounters()
         self.started = time.time()
         self._lock = threading.Lock()
@@ -116,6 +118,7 @@ class AtlasExtension:
         self.mirror = mirror
         if isinstance(mirror, ZkMirror):
             mirror.bind(registry)
+            self.fleet = ZkFleet(lambda: mirror.client, settings.realm)
             if settings.view_enabled:
                 self.view = self._build_view(mirror, registry)
         # Every write notes the zxid that published it (X-Atlas-Index) and tells the view.

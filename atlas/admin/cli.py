@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -1050,6 +1051,96 @@ def audit(op: Op, service: str | None, limit: int) -> None:
     op.show(items, human)
 
 
+# ------------------------------------------------------------------ the fleet
+
+
+def _secs(value: Any) -> str:
+    return "-" if value is None else f"{value:.1f}s"
+
+
+@click.command()
+@api_command
+def sidecars(op: Op) -> None:
+    """Every live sidecar: what it has applied, whether it is stale, its last error."""
+    items = list(op.api.pages("/v1/sidecars"))
+
+    def human() -> str:
+        if not items:
+            return "(no live sidecars)"
+        rows = []
+        for s in items:
+            if not s.get("valid"):
+                rows.append([s.get("host_id"), "UNREADABLE", "-", "-", "-", "-", s.get("problem")])
+                continue
+            lagging = ", ".join(sorted(s.get("lagging") or {})) or "-"
+            state = "stale" if s.get("stale") else "ok"
+            zk = s.get("zookeeper") or {}
+            rows.append([
+                s.get("host_id"), state, s.get("applied_index"), lagging,
+                f"{s.get('reloads')}/{s.get('runtime_updates')}",
+                _secs(zk.get("session_age_s")), s.get("last_error") or "-",
+            ])  # fmt: skip
+        headers = ["host", "state", "applied", "lagging", "reloads/runtime", "session", "error"]
+        return table(headers, rows)
+
+    op.show(items, human)
+
+
+class NotConverged(click.ClickException):
+    """`convergence --wait` ran out of time: exit 3, the last state on stderr."""
+
+    exit_code = 3
+
+
+@click.command()
+@click.argument("service", type=SERVICE)
+@click.option(
+    "--wait", "wait_s", type=click.FloatRange(0, 86400), default=None, metavar="SECONDS",
+    help="Poll until converged (exit 3 if not within SECONDS).",
+)  # fmt: skip
+@click.option(
+    "--min-index", type=click.IntRange(0), default=None,
+    help="With --wait: also until the service's index reaches this (a write's X-Atlas-Index).",
+)  # fmt: skip
+@api_command
+def convergence(op: Op, service: str, wait_s: float | None, min_index: int | None) -> None:
+    """Which sidecars have applied SERVICE's latest change, which lag and for how long."""
+    path = f"/v1/services/{seg(service)}/convergence"
+    body = op.api.call("GET", path)
+    if wait_s is not None:
+        deadline = time.monotonic() + wait_s
+        while not (body["converged"] and (body["index"] or 0) >= (min_index or 0)):
+            if time.monotonic() >= deadline:
+                op.show(body, functools.partial(render_convergence, body))
+                raise NotConverged(
+                    f"atlas: {service} not converged within {wait_s:g}s: {body['state']}, "
+                    f"{body['summary']['lagging']} lagging of {body['summary']['total']}"
+                )
+            time.sleep(0.1)
+            body = op.api.call("GET", path)
+    op.show(body, lambda: render_convergence(body))
+
+
+def render_convergence(body: Mapping[str, Any]) -> str:
+    """The convergence of a service as a summary line and a table of sidecars."""
+    summary = body["summary"]
+    head = (
+        f"{body['service']}: {body['state']} (index {body['index']}): "
+        f"{summary['converged']}/{summary['total']} converged, {summary['lagging']} lagging"
+        + (f", {summary['unreadable']} unreadable" if summary["unreadable"] else "")
+    )
+    if not body["sidecars"]:
+        return head
+    rows = [
+        [
+            s["host_id"], s["status"], s["applied_index"], _secs(s["behind_s"]),
+            (s.get("reported") or {}).get("reason") or s.get("problem") or "-",
+        ]
+        for s in body["sidecars"]
+    ]  # fmt: skip
+    return head + "\n" + table(["host", "status", "applied", "behind", "reason"], rows)
+
+
 #: The top-level commands, for any click group to mount (`group.add_command(c)`).
 COMMANDS: list[click.Command] = [
     services,
@@ -1063,6 +1154,8 @@ COMMANDS: list[click.Command] = [
     config,
     tokens,
     audit,
+    sidecars,
+    convergence,
 ]
 COMMAND_NAMES = frozenset(c.name for c in COMMANDS if c.name)
 

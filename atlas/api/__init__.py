@@ -10,6 +10,7 @@ from flask_restful import Api
 
 from atlas.api import audit as changes
 from atlas.api import config_resources as c
+from atlas.api import fleet_resources as f
 from atlas.api import resources as r
 from atlas.api.auth import TOPOLOGY
 from atlas.api.problems import problem_response
@@ -50,6 +51,8 @@ def init_api(app: Flask) -> ProblemApi:
     api.add_resource(c.TokenList, "/v1/services/<string:name>/tokens")
     api.add_resource(c.TokenItem, "/v1/services/<string:name>/tokens/<string:token_id>")
     api.add_resource(c.AuditList, "/v1/audit")
+    api.add_resource(f.SidecarList, "/v1/sidecars")
+    api.add_resource(f.Convergence, "/v1/services/<string:name>/convergence")
 
     @app.before_request
     def authenticate() -> None:
