@@ -257,6 +257,14 @@ class AtlasExtension:
             else None,
         }
 
+    def mirror_pending(self, service: str) -> bool:
+        """True while this process has a write of the service not yet in ZooKeeper (its mirror
+        deferred it, or its view has not seen it published). Thread-safe."""
+        mirror = self.mirror
+        return (isinstance(mirror, ZkMirror) and service in mirror.dirty) or (
+            self.view is not None and self.view.pending(service)
+        )
+
     def view_status(self) -> dict[str, Any]:
         """The view's state (index, lag behind ZooKeeper, load state) and the read counters."""
         body: dict[str, Any] = (

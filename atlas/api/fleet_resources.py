@@ -14,7 +14,6 @@ from atlas.api.auth import TOPOLOGY
 from atlas.api.resources import Result, page_args, registry
 from atlas.contract import check_service_name
 from atlas.fleet import Fleet, convergence, page, sidecar_item
-from atlas.mirror import ZkMirror
 from atlas.registry.store import CursorKey
 
 SIDECAR_CURSOR = CursorKey(("host_id",))
@@ -61,10 +60,7 @@ class Convergence(Resource):
         _require_service(ext, name)
         state = fleet.service_state(name)  # before the reports: see atlas.fleet
         sidecars = fleet.sidecars()
-        mirror = ext.mirror
-        pending = (isinstance(mirror, ZkMirror) and name in mirror.dirty) or (
-            ext.view is not None and ext.view.pending(name)
-        )
+        pending = ext.mirror_pending(name)
         return convergence(name, state, sidecars, _now_ms(), mirror_pending=pending), 200
 
 

@@ -9,12 +9,14 @@ read masked only: nothing in this module asks for a secret's value.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from atlas.api.auth import ADMIN, CONFIG, Principal
 from atlas.api.resources import dump_instance, dump_service
-from atlas.errors import Forbidden
+from atlas.errors import AtlasError, Forbidden
+from atlas.fleet import convergence, sidecar_item
 from atlas.registry.records import Instance
 
 if TYPE_CHECKING:
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
 
 MASKED: dict[str, Any] = {"secret": True}
 AUDIT_ROWS = 20
+SIDECAR_ROWS = 50  # the overview lists this many sidecars; GET /v1/sidecars pages all
 VALUE_CHARS = 120
 
 
@@ -125,6 +128,7 @@ def service_detail(ext: AtlasExtension, name: str, principal: Principal) -> dict
     }
     if _allowed(ext, principal, CONFIG, name):
         detail["config_version"], detail["config"] = config_rows(ext, name)
+    detail["convergence"] = service_convergence(ext, name)
     if _allowed(ext, principal, ADMIN, name):
         ext.audit.flush()  # this process's own queued records (the last click) show at once
         detail["audit"] = list(ext.audit.list(name, AUDIT_ROWS).items)
@@ -141,3 +145,47 @@ def host_detail(ext: AtlasExtension, host: str) -> dict[str, Any]:
         "counts": counts(instances),
         "has_until": any("disabled_until" in i for i in instances),
     }
+
+
+def view_state(ext: AtlasExtension) -> dict[str, Any]:
+    """This process's in-memory view: whether reads are served from it, its index and lag."""
+    status = ext.view_status()
+    if not status.get("enabled"):
+        return {"enabled": False}
+    reads = status.get("reads") or {}
+    fallbacks = sum(n for k, n in reads.items() if k.startswith("store_fallbacks."))
+    return {
+        "enabled": True,
+        "state": status.get("state"),
+        "index": status.get("index"),
+        "lag_zxids": status.get("lag_zxids"),
+        "behind_s": status.get("behind_s"),
+        "waiters": status.get("waiters"),
+        "view_hits": reads.get("view_hits", 0),
+        "store_fallbacks": fallbacks,
+    }
+
+
+def fleet_overview(ext: AtlasExtension) -> dict[str, Any]:
+    """The live sidecars (the first SIDECAR_ROWS by host id), or why they cannot be listed now
+    (no ZooKeeper configured, ZooKeeper not answering)."""
+    try:
+        ids = ext.fleet.host_ids()
+        nodes = ext.fleet.sidecars(ids[:SIDECAR_ROWS])
+    except AtlasError as exc:
+        return {"available": False, "reason": exc.detail or exc.title}
+    now = time.time() * 1000.0
+    return {"available": True, "total": len(ids), "items": [sidecar_item(n, now) for n in nodes]}
+
+
+def service_convergence(ext: AtlasExtension, name: str) -> dict[str, Any]:
+    """The body of GET /v1/services/{name}/convergence for an existing service, or why it is
+    not available now."""
+    try:
+        ext.fleet.check()
+        state = ext.fleet.service_state(name)  # before the reports (see atlas.fleet)
+        nodes = ext.fleet.sidecars()
+    except AtlasError as exc:
+        return {"available": False, "reason": exc.detail or exc.title}
+    body = convergence(name, state, nodes, time.time() * 1000.0, ext.mirror_pending(name))
+    return {"available": True, **body}

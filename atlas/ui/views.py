@@ -182,10 +182,15 @@ def logout() -> Any:
 @ui_blueprint.get("/")
 @page
 def index() -> Any:
-    """Every service with enabled/total instances, and the mirror's state."""
+    """Every service with enabled/total instances, the mirror's and the view's state, and the
+    live sidecars."""
     ext = _ext()
     return render_template(
-        "index.html", services=data.services_overview(ext), mirror=data.mirror_state(ext)
+        "index.html",
+        services=data.services_overview(ext),
+        mirror=data.mirror_state(ext),
+        view=data.view_state(ext),
+        fleet=data.fleet_overview(ext),
     )
 
 

@@ -315,3 +315,44 @@ def test_the_audit_list_shows_what_changed(ui: Ui, app: Flask) -> None:
     assert "enabled: true → false; disabled_reason: ∅ → deploying; version: 1 → 2" in page
     assert "hunter2" not in page  # the secret's write is listed by version and flag only
     assert "secret: ∅ → true" in page
+
+
+def test_without_zookeeper_the_view_and_the_fleet_say_not_available(ui: Ui, app: Flask) -> None:
+    seed(app)
+    ui.login()
+    page = ui.page("/ui/")
+    view = page[page.index('id="view"') :].split("</section>")[0]
+    assert "not available: no in-memory view here" in view
+    fleet = page[page.index('id="sidecars"') :].split("</section>")[0]
+    assert "not available:" in fleet and "ATLAS_ZK_HOSTS" in fleet
+    svc = ui.page("/ui/services/identity")
+    conv = svc[svc.index('id="convergence"') :].split("</section>")[0]
+    assert "not available:" in conv and "ATLAS_ZK_HOSTS" in conv
+
+
+def test_the_fleet_and_a_services_convergence_are_shown(ui: Ui, app: Flask) -> None:
+    from dataclasses import replace
+
+    from atlas.contract import LaggingService
+    from tests.unit.test_fleet_units import STATE, FakeFleet, sidecar
+
+    api(app, "POST", "/v1/services", {"name": "web"})
+    held = sidecar("b", 15, lagging={"web": LaggingService(10, "held last-known-good")},
+                   stale=True, stale_reasons=("zookeeper disconnected",))  # fmt: skip
+    broken = replace(sidecar("c", 0), report=None, problem="not a report")
+    app.extensions["atlas"].fleet = FakeFleet([sidecar("a", 30), held, broken], {"web": STATE})
+    ui.login()
+    page = ui.page("/ui/")
+    fleet = page[page.index('id="sidecars"') :].split("</section>")[0]
+    assert "(3 live)" in fleet
+    row_b = fleet[fleet.index('data-sidecar="b"') :].split("</tr>")[0]
+    assert "web <small>(held last-known-good)</small>" in row_b
+    assert "yes: zookeeper disconnected" in row_b
+    assert "unreadable report: not a report" in fleet
+    svc = ui.page("/ui/services/web")
+    conv = svc[svc.index('id="convergence"') :].split("</section>")[0]
+    assert 'data-state="lagging"' in conv and "1 of 3 sidecar(s) have applied change 30" in conv
+    row_b = conv[conv.index('data-sidecar="b"') :].split("</tr>")[0]
+    assert "lagging" in row_b and "held last-known-good" in row_b and " s</td>" in row_b
+    row_a = conv[conv.index('data-sidecar="a"') :].split("</tr>")[0]
+    assert '<td class="ok">converged</td>' in row_a
