@@ -23,9 +23,7 @@ import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -35,27 +33,10 @@ from kazoo.client import KazooClient
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from atlas.stack import ManagedProcess, free_port, wait_for_port
 from bench._stack import ADMIN, WORKDIR, pct, start_atlas, start_moto, start_zk
+from bench.sidecar_propagation import backend
 
 REALM = "bench"
 SIDECARS = 3
-
-
-class _H(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-def backend() -> int:
-    s = ThreadingHTTPServer(("127.0.0.1", 0), _H)
-    s.daemon_threads = True
-    threading.Thread(target=s.serve_forever, daemon=True).start()
-    return int(s.server_address[1])
 
 
 def start_sidecars(zk: str, publish_interval: float, base: Path) -> list[ManagedProcess]:
