@@ -635,13 +635,8 @@ class Registry:
     ) -> Instance:
         model = self.models.Instance
         for _ in race_retries(f"instance {iid}"):
-            m = self._get_instance_model(service, iid)
-            if m is None:
-                self._load_service(service)
-                raise NotFound(f"instance {iid} of {service!r} does not exist")
+            m = self._instance_at(service, iid, if_match)
             read = int(m.version)
-            if if_match is not None and read != if_match:
-                raise PreconditionFailed(f"instance {iid} is not at version {if_match}")
             was_serving = serving(m.enabled, m.drain)
             _apply_changes(m, changes)
             m.updated_at = self.now()
@@ -656,6 +651,17 @@ class Registry:
             self._instance_changed(service, iid, record, prepared)
             return record
         raise AssertionError("unreachable: race_retries raises when the attempts are spent")
+
+    def _instance_at(self, service: str, iid: str, if_match: int | None) -> InstanceModel:
+        """The stored instance (consistent read): 404 naming the service or the instance,
+        412 when `if_match` names another version."""
+        m = self._get_instance_model(service, iid)
+        if m is None:
+            self._load_service(service)
+            raise NotFound(f"instance {iid} of {service!r} does not exist")
+        if if_match is not None and int(m.version) != if_match:
+            raise PreconditionFailed(f"instance {iid} is at version {m.version}, not {if_match}")
+        return m
 
     def _write_instance(
         self,
@@ -716,14 +722,7 @@ class Registry:
         iid = instance_id(host, port)
         model = self.models.Instance
         for _ in race_retries(f"instance {iid}"):
-            m = self._get_instance_model(service, iid)
-            if m is None:
-                self._load_service(service)
-                raise NotFound(f"instance {iid} of {service!r} does not exist")
-            if if_match is not None and int(m.version) != if_match:
-                raise PreconditionFailed(
-                    f"instance {iid} is at version {m.version}, not {if_match}"
-                )
+            m = self._instance_at(service, iid, if_match)
             guard = self._guarded(service, {iid}, force) if serving(m.enabled, m.drain) else None
             unchanged = model.version == m.version
             prepared = self._prepare(service, iid)
