@@ -95,6 +95,11 @@ def configure_logging(service: str, realm: str | None = None, level: str | int =
     root.setLevel(level.upper() if isinstance(level, str) else level)
 
 
+def context() -> tuple[str | None, str | None]:
+    """(service, realm) stamped on every record now."""
+    return _context["service"], _context["realm"]
+
+
 def set_realm(realm: str) -> None:
     """Stamp `realm` on every record from now on (the realm is known once config is loaded)."""
     _context["realm"] = realm

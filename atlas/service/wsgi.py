@@ -82,8 +82,8 @@ class ServiceMiddleware:
         if handler is not None:
             # The default setup: the writer thread formats the line, in batches (bench/service.py:
             # a formatted, flushed write per request costs a quarter of a hello-world request).
-            context = logs._context
-            access_writer(handler).post(time.time(), context["service"], context["realm"], *request)
+            service, realm = logs.context()
+            access_writer(handler).post(time.time(), service, realm, *request)
             return
         message, fields = access_fields(*request)
         # Built directly (no findCaller walk up the Flask stack, as log.info would do).
