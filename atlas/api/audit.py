@@ -118,6 +118,8 @@ def changes(resp: Response) -> list[Change] | None:
     endpoint = request.endpoint or ""
     if endpoint not in BEFORE or not 200 <= resp.status_code < 300:
         return None
+    if request.method in ("GET", "HEAD", "OPTIONS"):
+        return None  # a read recorded for the secrets it revealed changed nothing
     before = g.get("audit_before")
     after = _body(resp)
     if request.method == "DELETE":

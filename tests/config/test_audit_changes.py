@@ -91,6 +91,11 @@ def test_config_records_key_version_and_secret_flag_never_the_value(client: Clie
     gone = by_field(one(items, "DELETE /v1/services/{name}/config/{key}", 204))
     assert gone["version"] == (2, None) and gone["secret"] == (True, None)
     assert all("value" not in c["field"] for i in items for c in i["changes"] or [])
+    # A read that reveals a secret is recorded, and it changed nothing.
+    assert client.put(cfg, json={"value": SECRET, "secret": True}).status_code == 201
+    assert client.get(cfg).status_code == 200  # an admin read opens the secret
+    read = one(audit(client, "web"), "GET /v1/services/{name}/config/{key}", 200)
+    assert read["target"].startswith("secrets read: DB_PASSWORD") and read["changes"] is None
 
 
 def test_tokens_record_id_and_description_never_the_token(client: Client) -> None:
