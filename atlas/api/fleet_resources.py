@@ -14,7 +14,7 @@ from atlas.api.auth import TOPOLOGY
 from atlas.api.resources import Result, page_args, registry
 from atlas.contract import check_service_name
 from atlas.fleet import Fleet, convergence, page, sidecar_item
-from atlas.registry.store import CursorKey
+from atlas.registry import CursorKey
 
 SIDECAR_CURSOR = CursorKey(("host_id",))
 

@@ -4,9 +4,10 @@ from atlas.registry.mirror import Mirror, NullMirror
 from atlas.registry.models import Models, build_models, build_models_for
 from atlas.registry.records import HealthCheck, Instance, Page, Service, instance_id
 from atlas.registry.service import Registry
-from atlas.registry.store import ScanPolicy, Store
+from atlas.registry.store import CursorKey, ScanPolicy, Store
 
 __all__ = [
+    "CursorKey",
     "HealthCheck",
     "Instance",
     "Mirror",
