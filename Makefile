@@ -44,8 +44,8 @@ test: install lint  ## every test, starting the real servers it needs
 unit: $(STAMP)
 	$(BIN)/pytest -p no:cacheprovider tests/unit tests/client/test_unit.py tests/sidecar/test_units.py
 
-bench: install
-	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+bench: install  ## every benchmark (bench/_*.py and bench/*_app.py are their helpers)
+	for b in $$(ls bench/*.py | grep -v -e '/_' -e '_app\.py$$'); do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) .atlas-data .pytest_cache .mypy_cache .ruff_cache *.egg-info
