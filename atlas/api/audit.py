@@ -1,6 +1,5 @@
-"""What a mutation changed, for its audit record: the resource read before the request (by the
-`before_request` hook: from the in-memory view when it may serve the read, else one consistent
-read) against the representation the write returned.
+"""What a mutation changed, for its audit record: the resource read before the request (one
+consistent read, by the `before_request` hook) against the representation the write returned.
 
 Under concurrent writers the read may be older than the state the write replaced: the
 `version` change then shows the gap (e.g. 3 → 5). Never a secret's value: a config entry is
@@ -16,8 +15,7 @@ from typing import Any
 from flask import Flask, Response, g, request
 
 from atlas.api import resources as r
-from atlas.api.freshness import servable_entry
-from atlas.contract import instance_id, is_service_name, normalize_host, parse_instance_id
+from atlas.contract import is_service_name, normalize_host, parse_instance_id
 from atlas.errors import AtlasError
 from atlas.registry.audit import TRUNCATED, Change, diff
 
@@ -29,28 +27,17 @@ IDENTITY = ("service", "id", "host", "port", "name")
 CONFIG_FIELDS = ("key", "version", "secret", "deleted")  # never "value"
 TOKEN_FIELDS = ("id", "description")  # never "token"
 HOST_FIELDS = ("enabled", "disabled_reason", "version")
-#: How long the "before" read waits for the view to show this process's previous write (the
-#: time a watch takes, ~1-2 ms) before it reads DynamoDB instead (a GetItem, ~5 ms on moto).
-VIEW_WAIT_S = 0.005
 
 Reader = Callable[[Any, Mapping[str, Any]], Any]
 
 
 def _service(ext: Any, args: Mapping[str, Any]) -> dict[str, Any] | None:
-    # From the view when it may serve the read (a memory lookup instead of a GetItem in the
-    # write's path); it holds every write this process acknowledged, so only a concurrent
-    # writer elsewhere can make it older than what the write replaces (the docstring's gap).
-    entry = servable_entry(args["name"], VIEW_WAIT_S)
-    svc = entry.service if entry is not None else ext.registry.find_service(args["name"])
+    svc = ext.registry.find_service(args["name"])
     return r.dump_service(svc) if svc is not None else None
 
 
 def _instance(ext: Any, args: Mapping[str, Any]) -> dict[str, Any] | None:
     host, port = parse_instance_id(args["instance"])
-    entry = servable_entry(args["name"], VIEW_WAIT_S)
-    if entry is not None and entry.service is not None:
-        viewed = entry.by_id.get(instance_id(host, port))
-        return r.dump_instance(viewed) if viewed is not None else None
     inst = ext.registry.get_instance(args["name"], host, port)
     return r.dump_instance(inst)
 

@@ -25,7 +25,7 @@ from marshmallow import Schema, ValidationError, fields, validate
 
 from atlas.api.http import load_query
 from atlas.errors import AtlasError
-from atlas.view import ServiceEntry, Snapshot, TooManyWaiters, ZkView
+from atlas.view import Snapshot, TooManyWaiters, ZkView
 from atlas.view.snapshot import INDEX, SERVICES
 
 FRESHNESS_PARAMS = ("consistent", "min_index", "index", "wait")
@@ -208,41 +208,10 @@ def choose(fresh: Freshness, key: tuple[str, ...], service: str | None) -> Choic
     return Choice(snap, snap.index)
 
 
-def servable_entry(service: str, wait_s: float = 0.0) -> ServiceEntry | None:
-    """The service's entry in this process's view when a plain read may be served from it
-    (current, past every write this process acknowledged, no unpublished write to it, complete;
-    see the module doc), waiting at most `wait_s` for the view to reach this process's last
-    write; else None. Counts nothing: for the server's own reads (the audit's "before"), not
-    for the caller's."""
-    view: ZkView | None = current_app.extensions["atlas"].view
-    if view is None:
-        return None
-    need = view.acked_index
-    snap = view.snapshot
-    if snap is not None and snap.index < need and wait_s > 0:
-        try:
-            snap = view.wait(INDEX, lambda s: s.index >= need, wait_s, need=need)
-        except TooManyWaiters:
-            return None
-    if snap is None or snap.index < need:
-        return None
-    if _servable(view, snap, service):
-        return None
-    return snap.entry(service)
-
-
 def _store(ext: Any, reason: str, fresh: Freshness) -> Choice:
     ext.reads.add(f"store_fallbacks.{reason}")
     # A blocking query answered by DynamoDB keeps the caller's index: it polls again.
     return Choice(None, fresh.index if fresh.blocking else None, reason)
 
 
-__all__ = [
-    "SERVICES",
-    "Choice",
-    "Freshness",
-    "Unavailable503",
-    "choose",
-    "freshness",
-    "servable_entry",
-]
+__all__ = ["SERVICES", "Choice", "Freshness", "Unavailable503", "choose", "freshness"]
