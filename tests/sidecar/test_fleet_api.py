@@ -131,9 +131,9 @@ def cli(atlas: AtlasServer, *argv: str) -> Result:
 
 def test_three_sidecars_converge_a_stopped_one_lags_a_killed_one_disappears(
     atlas: AtlasServer,
+    short_dir: Path,  # before sidecar_process: torn down after it has stopped every HAProxy
     sidecar_process: Callable[..., SidecarProcess],
     backends: Callable[[str], Backend],
-    short_dir: Path,
 ) -> None:
     api = ApiClient(atlas.url)
     b1, b2 = backends("b1"), backends("b2")
