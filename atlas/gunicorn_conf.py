@@ -36,10 +36,10 @@ from typing import Any
 from atlas.config import ServeSettings
 from atlas.envvars import LOG_LEVEL
 from atlas.logs import config_dict
-from atlas.metrics import multiproc as _multiproc
+from atlas.metrics import multiproc  # not a gunicorn setting name: gunicorn ignores it
 
-# Before anything imports prometheus_client (underscored: gunicorn reads the public names).
-_metrics_dir = _multiproc.prepare()
+# Before anything imports prometheus_client.
+_metrics_dir = multiproc.prepare()
 
 _serve = ServeSettings.from_env()
 
@@ -84,9 +84,9 @@ def worker_exit(server: Any, worker: Any) -> None:
 
 def child_exit(server: Any, worker: Any) -> None:
     """In the master, once a worker has exited: drop its live gauges (its counts stay)."""
-    _multiproc.mark_dead(worker.pid, _metrics_dir)
+    multiproc.mark_dead(worker.pid, _metrics_dir)
 
 
 def on_exit(server: Any) -> None:
     """In the master, as gunicorn exits: remove the metrics directory if it made it."""
-    _multiproc.cleanup(_metrics_dir)
+    multiproc.cleanup(_metrics_dir)

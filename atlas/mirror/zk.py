@@ -262,11 +262,8 @@ class ZkMirror:
     def connect(self, timeout: float = 15.0) -> None:
         """Start if needed and block until connected (one-shot tools and tests). Not thread-safe."""
         self.start()
-        deadline = time.monotonic() + timeout
-        while not self.connected:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no ZooKeeper session with {self.hosts} in {timeout}s")
-            time.sleep(0.05)
+        if not self.wait_connected(timeout):
+            raise TimeoutError(f"no ZooKeeper session with {self.hosts} in {timeout}s")
 
     def stop(self) -> None:
         """Stop the threads (changes still queued are deferred) and close the session.

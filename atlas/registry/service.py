@@ -741,17 +741,6 @@ class Registry:
         with self.store.operation("listing the host's instances"):
             return [self.instance_record(m) for m in self.models.Instance.by_host.query(host)]
 
-    def set_host_enabled(
-        self,
-        host: str,
-        enabled: bool,
-        reason: str | None = None,
-        until: datetime | None = None,
-        force: bool = False,
-    ) -> list[Instance]:
-        """Enable or disable every instance on a host; returns them as stored."""
-        return self.change_host(host, enabled, reason, until=until, force=force).items
-
     def change_host(
         self,
         host: str,

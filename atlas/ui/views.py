@@ -301,8 +301,8 @@ def host_action(host: str, act: str) -> Any:
     enabled = act == "enable"
 
     def change() -> str:
-        items = _ext().registry.set_host_enabled(h, enabled, None if enabled else _reason())
-        return f"{act}d {len(items)} instance(s) on {h}"
+        change = _ext().registry.change_host(h, enabled, None if enabled else _reason())
+        return f"{act}d {len(change.changed)} instance(s) on {h}"
 
     _write(None, f"POST /ui/hosts/{{host}}/{act}", h, change)
     return redirect(url_for("ui.host", host=h))

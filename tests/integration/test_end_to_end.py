@@ -39,6 +39,21 @@ def echo_backends() -> Iterator[list[int]]:
         s.server_close()
 
 
+def sidecar_process(zk: str, realm: str, tmp_path: Path) -> tuple[ManagedProcess, int, int]:
+    """An `atlas-sidecar` (not started) with a backend per service (`--spares 0`, the reload
+    path), fast reloads, and HAProxy stopped with it: (process, port, status port)."""
+    port, status_port = free_port(), free_port()
+    sidecar = ManagedProcess(
+        "sidecar",
+        [sys.executable, "-m", "atlas.sidecar.cli", "--zk", zk, "--realm", realm,
+         "--port", str(port), "--status-port", str(status_port),
+         "--state-dir", str(tmp_path / "sc"), "--reload-min-interval", "0.2",
+         "--reload-jitter", "0.1", "--spares", "0", "--stop-haproxy-on-exit"],
+        tmp_path / "sidecar.log",
+    )  # fmt: skip
+    return sidecar, port, status_port
+
+
 def test_api_to_haproxy_through_the_smart_client(
     zk_server: ZooKeeperServer,
     start_atlas: StartAtlas,
@@ -53,15 +68,7 @@ def test_api_to_haproxy_through_the_smart_client(
     for port in (b0, b1):
         assert api.put(f"/v1/services/identity/instances/127.0.0.1:{port}", json={}).ok
 
-    port, status_port = free_port(), free_port()
-    sidecar = ManagedProcess(
-        "sidecar",
-        [sys.executable, "-m", "atlas.sidecar.cli", "--zk", zk_server.address, "--realm", realm,
-         "--port", str(port), "--status-port", str(status_port),
-         "--state-dir", str(tmp_path / "sc"), "--reload-min-interval", "0.2",
-         "--reload-jitter", "0.1", "--spares", "0", "--stop-haproxy-on-exit"],
-        tmp_path / "sidecar.log",
-    )  # fmt: skip
+    sidecar, port, status_port = sidecar_process(zk_server.address, realm, tmp_path)
     sidecar.start()
     try:
         wait_for_port(port, timeout=30, proc=sidecar.proc)

@@ -4,7 +4,6 @@ refusals that hold under concurrent writers, drain and slow start in the znodes.
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -20,16 +19,14 @@ from atlas.registry import Registry, build_models_for
 from atlas.registry.expiry import EXPIRY_PRINCIPAL, ExpirySweep
 from atlas.stack import (
     AtlasServer,
-    ManagedProcess,
     MotoServer,
     ZooKeeperServer,
-    free_port,
     wait_for_port,
 )
 from tests.helpers import ApiClient, wait_until
 from tests.integration.conftest import StartAtlas, atlas_env, migrate
 from tests.integration.scripted import MakeMirror, ScriptedTruth, mirror_on  # noqa: F401
-from tests.integration.test_end_to_end import echo_backends  # noqa: F401 (a fixture)
+from tests.integration.test_end_to_end import echo_backends, sidecar_process  # noqa: F401
 from tests.integration.zkview import truth_tree, zk_tree
 
 FAST = {"ATLAS_ZK_TIMEOUT_S": "2", "ATLAS_RECONCILE_INTERVAL_S": "5"}
@@ -369,15 +366,7 @@ def test_drain_and_a_timed_disable_reach_haproxy_through_the_sidecar(
     api.post("/v1/services", json={"name": "identity", "min_enabled": 1})
     for p in (b0, b1):
         assert api.put(url("identity", f"127.0.0.1:{p}"), json={"slow_start_s": 1}).ok
-    port, status_port = free_port(), free_port()
-    sidecar = ManagedProcess(
-        "sidecar",
-        [sys.executable, "-m", "atlas.sidecar.cli", "--zk", zk_server.address, "--realm", realm,
-         "--port", str(port), "--status-port", str(status_port),
-         "--state-dir", str(tmp_path / "sc"), "--reload-min-interval", "0.2",
-         "--reload-jitter", "0.1", "--spares", "0", "--stop-haproxy-on-exit"],
-        tmp_path / "sidecar.log",
-    )  # fmt: skip
+    sidecar, port, status_port = sidecar_process(zk_server.address, realm, tmp_path)
     sidecar.start()
     try:
         wait_for_port(port, timeout=30, proc=sidecar.proc)
